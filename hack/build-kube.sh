@@ -112,10 +112,16 @@ set +e
 ) 2>&1 | tee "$build_log" | {
 	count=0
 	last_report=$SECONDS
-	while IFS= read -r line; do
-		count=$((count + 1))
-		if ((SECONDS - last_report >= 30 || count % 200 == 0)); then
-			log "$count packages compiled, $((SECONDS - started)) s elapsed (last: $line)"
+	line=
+	while true; do
+		# read -t wakes us up even while one big package or the linker is busy.
+		if IFS= read -r -t 30 line; then
+			count=$((count + 1))
+		elif (($? <= 128)); then
+			break # end of output: go build has exited
+		fi
+		if ((SECONDS - last_report >= 30 || (count % 200 == 0 && count > 0))); then
+			log "$count packages compiled, $((SECONDS - started)) s elapsed (last: ${line:-none yet})"
 			last_report=$SECONDS
 		fi
 	done
