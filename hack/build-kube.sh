@@ -36,8 +36,18 @@ fi
 
 cache_root=${RBD_MIRROR_RECONCILER_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rbd-mirror-reconciler/kube}
 bin_dir="$cache_root/$kube_version"
-# go.mod + go.sum fully determine the sources; a change to either rebuilds.
-source_stamp=$(cat "$tools_dir/go.mod" "$tools_dir/go.sum" "$tools_dir/cmd/etcd/main.go" | sha256sum | cut -d' ' -f1)
+# Stamp the release into the binaries as upstream's hack/lib/version.sh does; otherwise
+# /version reports v0.0.0-master and clients warn about version skew.
+kube_minor=$(echo "$kube_version" | cut -d. -f2)
+version_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	version_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor"
+	version_ldflags+=" -X $pkg.gitTreeState=clean"
+done
+ldflags="-s -w$version_ldflags"
+# go.mod, go.sum and the link flags fully determine the output; a change to any rebuilds.
+source_stamp=$(cat "$tools_dir/go.mod" "$tools_dir/go.sum" "$tools_dir/cmd/etcd/main.go" <(echo "$ldflags") |
+	sha256sum | cut -d' ' -f1)
 stamp_file="$bin_dir/.source-sha256"
 
 is_complete() {
@@ -105,7 +115,7 @@ set +e
 (
 	cd "$tools_dir"
 	export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath -mod=readonly"
-	exec nice -n 10 "$go_cmd" build -v -p "$jobs" -ldflags='-s -w' -o "$staging_dir/" \
+	exec nice -n 10 "$go_cmd" build -v -p "$jobs" -ldflags="$ldflags" -o "$staging_dir/" \
 		k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
 		./cmd/etcd
