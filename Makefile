@@ -1,0 +1,66 @@
+# Every target installs what it needs first, so `make demo` and `make test` work on a fresh
+# Debian 12 machine. Stamps under .stamps/ make the set-up steps idempotent and cheap to repeat.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMPS      := .stamps
+# Ceph's Python bindings are only built for Debian's own interpreter, so the venv uses it too.
+SYSTEM_PY   := /usr/bin/python3
+APT_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common rbd-mirror python3-rados python3-rbd \
+                python3-venv prometheus
+PYTEST_ARGS ?=
+
+.PHONY: help setup lint test test-unit test-e2e demo clean
+
+help:
+	@echo "make setup      install Debian packages and the virtualenv (idempotent)"
+	@echo "make lint       ruff + mypy"
+	@echo "make test-unit  fast unit tests (no daemons)"
+	@echo "make test-e2e   tests against real Ceph daemons and a real kube-apiserver"
+	@echo "make test       all of the above"
+	@echo "make demo       a real failover on a local Ceph pair + API server, then the controller"
+
+setup: $(STAMPS)/apt $(STAMPS)/venv
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@installed=$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -c 'install ok installed'); \
+	if [ "$$installed" -ne "$(words $(APT_PACKAGES))" ]; then \
+	  echo "apt: installing $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	@[ -x $(PY) ] || $(SYSTEM_PY) -m venv $(VENV)
+	@# Link just the two compiled Ceph modules: --system-site-packages would drag in Debian's
+	@# requests & co. and their warnings.
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	for so in /usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-gnu.so \
+	          /usr/lib/python3/dist-packages/rbd.cpython-311-x86_64-linux-gnu.so; do \
+	  ln -sf $$so $$site/; done
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check reconciler tests
+	$(VENV)/bin/ruff format --check reconciler tests
+	$(VENV)/bin/mypy reconciler tests
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test: lint test-unit test-e2e
+
+demo: setup
+	@echo "make demo: the failover demo is not built yet (see issue 6)"
+
+clean:
+	rm -rf $(VENV) $(STAMPS) .mypy_cache .ruff_cache .pytest_cache *.egg-info
