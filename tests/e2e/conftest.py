@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from reconciler.sandbox.ceph import SitePair, start_pair
+from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import pid_alive
 from tests.e2e.support import report
 
@@ -23,3 +24,19 @@ def ceph_pair(
     pair.stop()
     survivors = [pid for pid in pids if pid_alive(pid)]
     assert not survivors, f"Ceph daemons still running after teardown: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def kube(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeSandbox]:
+    """Real etcd + kube-apiserver (RBAC) + kube-controller-manager: reconciler.sandbox.kube."""
+    with KubeSandbox(tmp_path_factory.mktemp("kube")) as sandbox:
+        report(
+            request.config,
+            f"\nkube sandbox warm start: {sandbox.start_seconds:.1f} s (goal < 15 s)",
+        )
+        pids = list(sandbox.pids().values())
+        yield sandbox
+    survivors = [pid for pid in pids if pid_alive(pid)]
+    assert not survivors, f"kube daemons still running after teardown: {survivors}"

@@ -1,0 +1,614 @@
+"""A real Kubernetes control plane for tests and the demo.
+
+etcd, kube-apiserver and kube-controller-manager, all real.
+
+The binaries are built from Go modules by `hack/build-kube.sh` (`make kube-bins`) and cached
+outside the repository; this module only finds and runs them. Everything the daemons write
+(certificates, etcd data, logs, kubeconfigs) lives under one work directory.
+
+    KubeSandbox(workdir).start()
+      -> etcd            http://127.0.0.1:<etcd_port>   data in <workdir>/etcd
+      -> kube-apiserver  https://127.0.0.1:<port>       --authorization-mode=RBAC
+      -> kube-controller-manager                        garbage collector + PV binder only
+
+`kubeconfig` is an admin (system:masters) kubeconfig for kubectl and both Python clients;
+`service_account_kubeconfig()` mints one for a ServiceAccount through the TokenRequest API so a
+test runs with exactly the RBAC it was granted; `restart_apiserver()` restarts on the same data.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from reconciler.sandbox.errors import CommandFailed, SandboxError
+from reconciler.sandbox.process import Daemon, DaemonGroup, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kube.sh"
+BIN_DIR_ENV = "RBD_MIRROR_RECONCILER_KUBE_BIN_DIR"
+
+# Controllers the tests rely on: ownerReferences cascade (a mapping owned by a PV goes with
+# it), PV/PVC binding, and the protection controllers that lift the pv/pvc-protection
+# finalizers, without which a deleted PV never goes away. Everything else stays off.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+)
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Allocated by the API server for the `kubernetes` Service only; no traffic goes there.
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+
+ETCD_READY_TIMEOUT = 30.0
+APISERVER_READY_TIMEOUT = 90.0
+CONTROLLER_MANAGER_READY_TIMEOUT = 60.0
+# kube-apiserver closes its listener at once on SIGTERM but then lingers on long-running
+# requests (watches) well past 10 s; nothing it holds is durable (etcd is), so cut it short.
+STOP_GRACE_SECONDS = {"kube-apiserver": 3.0}
+DEFAULT_STOP_GRACE_SECONDS = 10.0
+
+
+class KubeBinariesMissing(SandboxError):
+    """The cached kube-apiserver/etcd/kube-controller-manager build is absent or incomplete."""
+
+    def __init__(self, bin_dir: Path, missing: list[str]) -> None:
+        self.bin_dir = bin_dir
+        self.missing = missing
+        super().__init__(
+            f"{', '.join(missing)} not found in {bin_dir}: run `make kube-bins` "
+            f"(or {BUILD_SCRIPT}) once; a cold build takes several minutes"
+        )
+
+
+class TokenRequestFailed(SandboxError):
+    """The API server refused to mint a token for a ServiceAccount."""
+
+    def __init__(self, namespace: str, name: str, reason: str) -> None:
+        self.namespace = namespace
+        self.name = name
+        super().__init__(f"TokenRequest for serviceaccount {namespace}/{name} failed: {reason}")
+
+
+@dataclass(frozen=True)
+class KubeBinaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+
+    @classmethod
+    def locate(cls) -> KubeBinaries:
+        """The cached build of the pinned version, or $RBD_MIRROR_RECONCILER_KUBE_BIN_DIR."""
+        override = os.environ.get(BIN_DIR_ENV)
+        if override:
+            bin_dir = Path(override)
+        else:
+            try:
+                done = subprocess.run(
+                    ["bash", str(BUILD_SCRIPT), "--print-dir"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=True,
+                )
+            except (OSError, subprocess.SubprocessError) as err:
+                raise CommandFailed([str(BUILD_SCRIPT), "--print-dir"], str(err)) from err
+            bin_dir = Path(done.stdout.strip())
+        binaries = cls(
+            etcd=bin_dir / "etcd",
+            kube_apiserver=bin_dir / "kube-apiserver",
+            kube_controller_manager=bin_dir / "kube-controller-manager",
+        )
+        missing = [
+            path.name
+            for path in (binaries.etcd, binaries.kube_apiserver, binaries.kube_controller_manager)
+            if not os.access(path, os.X_OK)
+        ]
+        if missing:
+            raise KubeBinariesMissing(bin_dir, missing)
+        return binaries
+
+
+@dataclass(frozen=True)
+class _KeyPair:
+    cert: Path
+    key: Path
+
+
+def _write_private_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+class _CertificateAuthority:
+    """A throwaway CA that signs the API server's serving cert and the client certs it trusts."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, "rbd-mirror-reconciler sandbox CA")]
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_path = directory / "ca.crt"
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        _write_private_key(directory / "ca.key", self.key)
+
+    def issue(
+        self,
+        basename: str,
+        common_name: str,
+        *,
+        organizations: tuple[str, ...] = (),
+        server_names: tuple[str, ...] = (),
+        server_ips: tuple[str, ...] = (),
+    ) -> _KeyPair:
+        """A leaf cert: a server cert when names/IPs are given, a client cert otherwise."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        now = datetime.datetime.now(datetime.UTC)
+        is_server = bool(server_names or server_ips)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attributes))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [
+                        ExtendedKeyUsageOID.SERVER_AUTH
+                        if is_server
+                        else ExtendedKeyUsageOID.CLIENT_AUTH
+                    ]
+                ),
+                critical=False,
+            )
+        )
+        if is_server:
+            sans: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
+            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        pair = _KeyPair(
+            cert=self.directory / f"{basename}.crt", key=self.directory / f"{basename}.key"
+        )
+        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private_key(pair.key, key)
+        return pair
+
+
+def write_kubeconfig(
+    path: Path,
+    *,
+    server: str,
+    ca_file: Path,
+    user: str,
+    client: _KeyPair | None = None,
+    token: str | None = None,
+) -> Path:
+    """A single-context kubeconfig with the credentials embedded, so the file can be copied."""
+    credentials: dict[str, str] = {}
+    if client is not None:
+        credentials["client-certificate-data"] = _b64(client.cert.read_bytes())
+        credentials["client-key-data"] = _b64(client.key.read_bytes())
+    if token is not None:
+        credentials["token"] = token
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "sandbox",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": _b64(ca_file.read_bytes()),
+                },
+            }
+        ],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": user, "context": {"cluster": "sandbox", "user": user}}],
+        "current-context": user,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class KubeSandbox:
+    """etcd + kube-apiserver + kube-controller-manager on loopback ports under `workdir`.
+
+    Use as a context manager or call `start()`/`stop()`. A failed start stops whatever it
+    had started before raising, so nothing is left running.
+    """
+
+    def __init__(self, workdir: Path, binaries: KubeBinaries | None = None) -> None:
+        self.workdir = workdir
+        self.binaries = binaries or KubeBinaries.locate()
+        self.pki_dir = workdir / "pki"
+        self.etcd_data_dir = workdir / "etcd"
+        self.log_dir = workdir / "logs"
+        self.kubeconfig = workdir / "admin.kubeconfig"
+        self.etcd_port = free_port()
+        self.etcd_peer_port = free_port()
+        self.port = free_port()
+        self.controller_manager_port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self.etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        self.ca_file = self.pki_dir / "ca.crt"
+        self.start_seconds = 0.0
+        self._etcd: Daemon | None = None
+        self._apiserver: Daemon | None = None
+        self._controller_manager: Daemon | None = None
+        self._group = DaemonGroup()
+        self._admin: _KeyPair | None = None
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> KubeSandbox:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> KubeSandbox:
+        started = time.monotonic()
+        try:
+            self._write_pki()
+            self._start_etcd()
+            self._start_apiserver()
+            self._start_controller_manager()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        """Stop every daemon by the PID we started; the work directory is left for post-mortems."""
+        # Newest first, so dependents go before what they depend on.
+        for daemon in reversed(self._group.daemons):
+            _stop(daemon)
+        self._group.daemons.clear()
+        self._etcd = self._apiserver = self._controller_manager = None
+
+    def restart_apiserver(self, *, with_etcd: bool = True) -> float:
+        """Stop and start kube-apiserver (and etcd) on the same ports and etcd data directory.
+
+        Clients keep their kubeconfig and resourceVersions stay valid, as after a control-plane
+        upgrade. Returns the seconds until /readyz answered again.
+        """
+        started = time.monotonic()
+        for daemon in (self._apiserver, self._etcd if with_etcd else None):
+            if daemon is not None:
+                _stop(daemon)
+                self._group.daemons.remove(daemon)
+        try:
+            if with_etcd:
+                self._start_etcd()
+            self._start_apiserver()
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - started
+
+    def pids(self) -> dict[str, int]:
+        return {daemon.name: daemon.pid for daemon in self._group.daemons}
+
+    def daemon_records(self) -> list[dict[str, object]]:
+        """What a later `sandbox down` needs to stop these daemons by PID."""
+        return [daemon.to_record() for daemon in self._group.daemons]
+
+    # credentials ---------------------------------------------------------------------------
+
+    def service_account_kubeconfig(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        create: bool = True,
+        expiration_seconds: int = 3600,
+        path: Path | None = None,
+    ) -> Path:
+        """A kubeconfig that authenticates as serviceaccount `namespace/name` (TokenRequest API).
+
+        With `create`, the namespace and ServiceAccount are created when missing. The token
+        carries no permissions of its own: grant them with Roles/ClusterRoles as a deployment would.
+        """
+        if create:
+            self._ensure(f"/api/v1/namespaces/{namespace}", {"metadata": {"name": namespace}})
+            self._ensure(
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}",
+                {"metadata": {"name": name, "namespace": namespace}},
+            )
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": expiration_seconds},
+        }
+        try:
+            answer = self.request(
+                "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", request
+            )
+        except ApiRequestFailed as err:
+            raise TokenRequestFailed(namespace, name, str(err)) from err
+        token = answer.get("status", {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise TokenRequestFailed(namespace, name, f"no token in answer: {answer}")
+        target = path or self.workdir / "kubeconfigs" / f"{namespace}.{name}.kubeconfig"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return write_kubeconfig(
+            target,
+            server=self.server,
+            ca_file=self.ca_file,
+            user=f"system:serviceaccount:{namespace}:{name}",
+            token=token,
+        )
+
+    # raw admin requests (no client library needed for the sandbox's own bookkeeping) -------
+
+    def request(self, method: str, api_path: str, body: dict[str, Any] | None = None) -> Any:
+        """One admin request to the API server; JSON in, JSON (or text) out."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.server + api_path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, context=self._admin_tls(), timeout=10) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as err:
+            raise ApiRequestFailed(method, api_path, err.code, err.read().decode()) from err
+        except (urllib.error.URLError, OSError) as err:
+            raise ApiRequestFailed(method, api_path, None, str(err)) from err
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    def _ensure(self, api_path: str, body: dict[str, Any]) -> None:
+        try:
+            self.request("GET", api_path)
+        except ApiRequestFailed as err:
+            if err.status != 404:
+                raise
+            collection = api_path.rsplit("/", 1)[0]
+            try:
+                self.request("POST", collection, body)
+            except ApiRequestFailed as create_err:
+                if create_err.status != 409:  # created meanwhile
+                    raise
+
+    def _admin_tls(self) -> ssl.SSLContext:
+        if self._admin is None:
+            raise SandboxError("the sandbox was never started: no admin credentials yet")
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self._admin.cert), str(self._admin.key))
+        return context
+
+    # daemons --------------------------------------------------------------------------------
+
+    def _write_pki(self) -> None:
+        self.pki_dir.mkdir(parents=True, exist_ok=True)
+        ca = _CertificateAuthority(self.pki_dir)
+        self._serving = ca.issue(
+            "apiserver",
+            "kube-apiserver",
+            server_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            server_ips=("127.0.0.1", "10.0.0.1"),
+        )
+        self._admin = ca.issue("admin", "sandbox-admin", organizations=("system:masters",))
+        # The controllers act on every kind of object (the garbage collector deletes anything
+        # with an ownerReference), so give the controller manager cluster-admin too rather than
+        # per-controller service accounts: its own RBAC is not what these tests examine.
+        controller_manager = ca.issue(
+            "controller-manager",
+            "system:kube-controller-manager",
+            organizations=("system:masters",),
+        )
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._sa_signing_key = self.pki_dir / "service-account.key"
+        self._sa_public_key = self.pki_dir / "service-account.pub"
+        _write_private_key(self._sa_signing_key, sa_key)
+        self._sa_public_key.write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        write_kubeconfig(
+            self.kubeconfig,
+            server=self.server,
+            ca_file=self.ca_file,
+            user="admin",
+            client=self._admin,
+        )
+        self._controller_manager_kubeconfig = write_kubeconfig(
+            self.workdir / "controller-manager.kubeconfig",
+            server=self.server,
+            ca_file=self.ca_file,
+            user="system:kube-controller-manager",
+            client=controller_manager,
+        )
+
+    def _start_etcd(self) -> None:
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        daemon = Daemon(
+            name="etcd",
+            argv=[
+                str(self.binaries.etcd),
+                "--name=sandbox",
+                f"--data-dir={self.etcd_data_dir}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=sandbox={peer_url}",
+                # Test data is disposable; skipping fsync saves seconds per start on slow disks.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            log_file=self.log_dir / "etcd.log",
+            cwd=self.workdir,
+        )
+        self._etcd = self._group.start(daemon)
+        daemon.wait_ready(lambda: self._http_ok(f"{self.etcd_url}/health"), ETCD_READY_TIMEOUT)
+
+    def _start_apiserver(self) -> None:
+        daemon = Daemon(
+            name="kube-apiserver",
+            argv=[
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--cert-dir={self.pki_dir}",
+                f"--tls-cert-file={self._serving.cert}",
+                f"--tls-private-key-file={self._serving.key}",
+                f"--client-ca-file={self.ca_file}",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={self._sa_public_key}",
+                f"--service-account-signing-key-file={self._sa_signing_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--allow-privileged=true",
+                "--v=1",
+            ],
+            log_file=self.log_dir / "kube-apiserver.log",
+            cwd=self.workdir,
+        )
+        self._apiserver = self._group.start(daemon)
+        # /readyz includes the RBAC bootstrap-roles hook, so once it answers, default
+        # ClusterRoles exist and authorization decisions are final.
+        daemon.wait_ready(self._apiserver_ready, APISERVER_READY_TIMEOUT)
+
+    def _start_controller_manager(self) -> None:
+        daemon = Daemon(
+            name="kube-controller-manager",
+            argv=[
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={self._controller_manager_kubeconfig}",
+                f"--authentication-kubeconfig={self._controller_manager_kubeconfig}",
+                f"--authorization-kubeconfig={self._controller_manager_kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.controller_manager_port}",
+                f"--cert-dir={self.pki_dir / 'controller-manager-serving'}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+            log_file=self.log_dir / "kube-controller-manager.log",
+            cwd=self.workdir,
+        )
+        self._controller_manager = self._group.start(daemon)
+        url = f"https://127.0.0.1:{self.controller_manager_port}/healthz"
+        daemon.wait_ready(
+            lambda: self._http_ok(url, insecure=True), CONTROLLER_MANAGER_READY_TIMEOUT
+        )
+
+    def _apiserver_ready(self) -> bool:
+        try:
+            return bool(self.request("GET", "/readyz") == "ok")
+        except ApiRequestFailed:
+            return False
+
+    @staticmethod
+    def _http_ok(url: str, *, insecure: bool = False) -> bool:
+        context = None
+        if insecure:
+            # The controller manager serves a self-signed cert of its own; only liveness matters.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+def _stop(daemon: Daemon) -> None:
+    daemon.stop(STOP_GRACE_SECONDS.get(daemon.name, DEFAULT_STOP_GRACE_SECONDS))
+
+
+class ApiRequestFailed(SandboxError):
+    """An admin request of the sandbox itself failed; `status` is None when nothing answered."""
+
+    def __init__(self, method: str, api_path: str, status: int | None, detail: str) -> None:
+        self.method = method
+        self.api_path = api_path
+        self.status = status
+        shown = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(f"{method} {api_path}: {shown}: {detail.strip()[:500]}")
