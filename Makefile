@@ -12,13 +12,14 @@ APT_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common rbd-mirror python3-rados 
                 python3-venv prometheus
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit test-e2e demo clean
+.PHONY: help setup lint test test-unit test-e2e demo clean kube-bins
 
 help:
 	@echo "make setup      install Debian packages and the virtualenv (idempotent)"
 	@echo "make lint       ruff + mypy"
 	@echo "make test-unit  fast unit tests (no daemons)"
 	@echo "make test-e2e   tests against real Ceph daemons and a real kube-apiserver"
+	@echo "make kube-bins  build kube-apiserver, kube-controller-manager, etcd once (cached in ~/.cache)"
 	@echo "make test       all of the above"
 	@echo "make demo       a real failover on a local Ceph pair + API server, then the controller"
 
@@ -54,7 +55,12 @@ lint: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: setup
+# Real kube-apiserver/kube-controller-manager/etcd built from Go modules and cached outside
+# the repo by version; a no-op once built, several minutes cold.
+kube-bins:
+	hack/build-kube.sh
+
+test-e2e: setup kube-bins
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint test-unit test-e2e
