@@ -10,6 +10,7 @@ from typing import Any
 
 from reconciler.sandbox.ceph import DEFAULT_POOL, start_pair
 from reconciler.sandbox.errors import SandboxError
+from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import pid_runs, stop_pid
 
 DEFAULT_DIR = Path("/tmp/rbd-mirror-reconciler-sandbox")
@@ -40,6 +41,12 @@ def register(commands: Any) -> None:
         action="store_true",
         help="also run an rbd-mirror daemon on site-a (two-way mirroring)",
     )
+    up.add_argument(
+        "--with-k8s",
+        action="store_true",
+        help="also start a real etcd + kube-apiserver + kube-controller-manager "
+        "(built by `make kube-bins`) and print its admin kubeconfig path",
+    )
     up.set_defaults(func=cmd_up)
     down = actions.add_parser("down", help="stop every daemon `sandbox up` started, by PID")
     down.add_argument(
@@ -64,7 +71,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"sandbox: {err}", file=sys.stderr)
         return 1
     description = pair.describe()
-    state = {"daemons": pair.daemon_records(), **description}
+    records = pair.daemon_records()
+    if args.with_k8s:
+        try:
+            kube = KubeSandbox(args.dir / "kube").start()
+        except SandboxError as err:
+            pair.stop()  # nothing may be left running after a failed start
+            print(f"sandbox: {err}", file=sys.stderr)
+            return 1
+        records += kube.daemon_records()
+        description["kubernetes"] = {
+            "kubeconfig": str(kube.kubeconfig),
+            "server": kube.server,
+            "startedInSeconds": round(kube.start_seconds, 1),
+        }
+        print(f"sandbox: export KUBECONFIG={kube.kubeconfig}", file=sys.stderr)
+    state = {"daemons": records, **description}
     (args.dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     print(json.dumps(description, indent=2))
     return 0
