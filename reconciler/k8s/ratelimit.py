@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Hashable
 from typing import Protocol
 
@@ -124,3 +125,37 @@ def default_controller_rate_limiter(clock: Clock = MONOTONIC) -> MaxOfRateLimite
         ItemExponentialBackoff(base=0.005, cap=1000.0),
         BucketRateLimiter(TokenBucket(rate=10.0, burst=100, clock=clock)),
     )
+
+
+class JitteredBackoff:
+    """Exponential backoff for reconnecting (informers, leader election): `initial` doubling per
+    failure up to `cap`, each wait stretched by up to `jitter` x itself at random so clients that
+    failed together do not retry together. `reset()` after a success."""
+
+    def __init__(
+        self,
+        initial: float = 0.8,
+        cap: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if initial <= 0 or cap < initial or factor < 1 or jitter < 0:
+            raise ValueError(
+                f"need 0 < initial <= cap, factor >= 1, jitter >= 0; got "
+                f"initial={initial} cap={cap} factor={factor} jitter={jitter}"
+            )
+        self.initial = initial
+        self.cap = cap
+        self.factor = factor
+        self.jitter = jitter
+        self._rng = rng if rng is not None else random.Random()
+        self._current = initial
+
+    def next_delay(self) -> float:
+        delay = self._current * (1.0 + self.jitter * self._rng.random())
+        self._current = min(self._current * self.factor, self.cap)
+        return min(delay, self.cap)
+
+    def reset(self) -> None:
+        self._current = self.initial

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from reconciler.k8s.clock import ManualClock
 from reconciler.k8s.ratelimit import (
     BucketRateLimiter,
     ItemExponentialBackoff,
+    JitteredBackoff,
     MaxOfRateLimiter,
     TokenBucket,
     default_controller_rate_limiter,
@@ -102,3 +105,37 @@ async def test_bucket_wait_returns_at_once_within_burst() -> None:
     for _ in range(3):
         await bucket.wait()
     assert bucket.reserve() == pytest.approx(1.0)
+
+
+class FixedRandom(random.Random):
+    """random() always answers `value`: pins the jitter."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_reconnect_backoff_doubles_from_0_8s_to_30s_with_jitter_within_bounds() -> None:
+    no_jitter = JitteredBackoff(rng=FixedRandom(0.0))
+    assert [no_jitter.next_delay() for _ in range(8)] == pytest.approx(
+        [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+    )
+    full_jitter = JitteredBackoff(rng=FixedRandom(0.999))
+    delays = [full_jitter.next_delay() for _ in range(8)]
+    assert delays[0] == pytest.approx(0.8 * 1.999)
+    assert delays[-1] == 30.0
+    seeded = JitteredBackoff(rng=random.Random(7))
+    for step in range(10):
+        floor = min(0.8 * 2**step, 30.0)
+        assert floor <= seeded.next_delay() <= min(2 * floor, 30.0)
+
+
+def test_reconnect_backoff_reset_starts_over() -> None:
+    backoff = JitteredBackoff(rng=FixedRandom(0.0))
+    for _ in range(5):
+        backoff.next_delay()
+    backoff.reset()
+    assert backoff.next_delay() == pytest.approx(0.8)
