@@ -567,6 +567,9 @@ class KubeSandbox:
                 f"--cert-dir={self.pki_dir / 'controller-manager-serving'}",
                 f"--controllers={','.join(CONTROLLERS)}",
                 "--leader-elect=false",
+                # The binder retries unbound claims on this period (default 15 s); tests
+                # should not wait that long for a claim created just before its PV was seen.
+                "--pvclaimbinder-sync-period=2s",
                 "--v=1",
             ],
             log_file=self.log_dir / "kube-controller-manager.log",

@@ -20,7 +20,9 @@ from kubernetes_asyncio import config as async_config
 from kubernetes_asyncio import watch as async_watch
 from kubernetes_asyncio.client.exceptions import ApiException as AsyncApiException
 
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.errors import DaemonFailed
+from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
+from reconciler.sandbox.process import pid_alive
 from tests.e2e.support import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -284,6 +286,75 @@ def test_owner_deletion_cascades_to_dependents(
         "the garbage collector to delete the ConfigMap owned by the PV",
         interval=0.1,
     )
+
+
+def test_pv_binder_binds_a_pre_bound_claim(admin: kube_client.ApiClient, namespace: str) -> None:
+    core = kube_client.CoreV1Api(admin)
+    pv_name = f"pv-static-{uuid.uuid4().hex[:8]}"
+    core.create_persistent_volume(
+        kube_client.V1PersistentVolume.model_validate(
+            {
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "",
+                    "csi": {"driver": "rook-ceph.rbd.csi.ceph.com", "volumeHandle": pv_name},
+                },
+            }
+        )
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        kube_client.V1PersistentVolumeClaim.model_validate(
+            {
+                "metadata": {"name": "claim"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "",
+                    "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        ),
+    )
+
+    def bound() -> bool:
+        claim = core.read_namespaced_persistent_volume_claim("claim", namespace)
+        return claim.status is not None and claim.status.phase == "Bound"
+
+    wait_until(bound, DEADLINE, f"the PV binder to bind claim to {pv_name}", interval=0.2)
+
+
+def test_failed_start_leaves_nothing_running(kube: KubeSandbox, tmp_path: Path) -> None:
+    """A control plane whose API server cannot start raises a named error and stops etcd."""
+    broken = KubeBinaries(
+        etcd=kube.binaries.etcd,
+        kube_apiserver=Path("/bin/false"),  # exits at once, as a crashing build would
+        kube_controller_manager=kube.binaries.kube_controller_manager,
+    )
+    workdir = tmp_path / "broken"
+    with pytest.raises(DaemonFailed) as failed:
+        KubeSandbox(workdir, broken).start()
+    assert failed.value.daemon == "kube-apiserver"
+    assert failed.value.log_file == workdir / "logs" / "kube-apiserver.log"
+    assert (workdir / "logs" / "etcd.log").exists(), "etcd should have been started first"
+    assert _processes_mentioning(workdir) == []
+
+
+def _processes_mentioning(path: Path) -> list[int]:
+    """PIDs whose command line names `path`: a daemon of that sandbox still running."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(path).encode() in cmdline and pid_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
 
 
 async def test_watch_survives_apiserver_restart(kube: KubeSandbox, namespace: str) -> None:
