@@ -1,6 +1,4 @@
-"""A real Kubernetes control plane for tests and the demo.
-
-etcd, kube-apiserver and kube-controller-manager, all real.
+"""A real Kubernetes control plane for tests and the demo: etcd, kube-apiserver, controllers.
 
 The binaries are built from Go modules by `hack/build-kube.sh` (`make kube-bins`) and cached
 outside the repository; this module only finds and runs them. Everything the daemons write
@@ -9,7 +7,7 @@ outside the repository; this module only finds and runs them. Everything the dae
     KubeSandbox(workdir).start()
       -> etcd            http://127.0.0.1:<etcd_port>   data in <workdir>/etcd
       -> kube-apiserver  https://127.0.0.1:<port>       --authorization-mode=RBAC
-      -> kube-controller-manager                        garbage collector + PV binder only
+      -> kube-controller-manager                        GC, PV binder, PV/PVC protection
 
 `kubeconfig` is an admin (system:masters) kubeconfig for kubectl and both Python clients;
 `service_account_kubeconfig()` mints one for a ServiceAccount through the TokenRequest API so a
