@@ -7,9 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from reconciler import __version__
-from reconciler.cli import sandbox
-
-EXIT_USAGE = 2
+from reconciler.cli import handle, journal, sandbox
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    handle.register(commands)
+    journal.register(commands)
     sandbox.register(commands)
     return parser
 

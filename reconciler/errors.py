@@ -1,0 +1,106 @@
+"""The errors rbd-mirror-reconciler raises. Each carries the facts a human needs to act.
+
+ReconcilerError
+├── InvalidInput          bad input only a human can fix (never retried)
+│   ├── InvalidHandle     a volume handle that is not ceph-csi's encoding version 1
+│   ├── InvalidConfig     a malformed ceph-csi config.json entry
+│   └── InvalidVolume     a PV that lacks what regeneration needs
+├── ClusterNotMapped      no local cluster for a handle's clusterID
+├── JournalConflict       the journal on Ceph disagrees with the volume; nothing was written
+└── CephError             talking to Ceph failed
+    ├── CephUnavailable   monitors unreachable or an operation timed out (retried)
+    ├── PoolNotFound
+    └── ImageNotFound
+"""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    #: A reason in CamelCase, as used in status conditions and Events.
+    reason = "Error"
+    #: Whether trying again later can help without a human changing something.
+    retryable = False
+
+
+class InvalidInput(ReconcilerError, ValueError):
+    reason = "InvalidInput"
+
+
+class InvalidHandle(InvalidInput):
+    reason = "InvalidHandle"
+
+    def __init__(self, handle: str, problem: str) -> None:
+        self.handle = handle
+        self.problem = problem
+        super().__init__(f"invalid volume handle {handle!r}: {problem}")
+
+
+class InvalidConfig(InvalidInput):
+    reason = "InvalidConfig"
+
+
+class InvalidVolume(InvalidInput):
+    reason = "InvalidVolume"
+
+    def __init__(self, volume: str, problem: str) -> None:
+        self.volume = volume
+        self.problem = problem
+        super().__init__(f"volume {volume}: {problem}")
+
+
+class ClusterNotMapped(ReconcilerError):
+    reason = "ClusterNotMapped"
+
+    def __init__(self, cluster_id: str, detail: str = "") -> None:
+        self.cluster_id = cluster_id
+        suffix = f": {detail}" if detail else ""
+        super().__init__(f"clusterID {cluster_id!r} is neither local nor mapped{suffix}")
+
+
+class JournalConflict(ReconcilerError):
+    """The OMAP journal holds something for this volume that contradicts it."""
+
+    reason = "JournalConflict"
+
+    def __init__(self, pool: str, obj: str, key: str, found: str, expected: str) -> None:
+        self.pool = pool
+        self.object = obj
+        self.key = key
+        self.found = found
+        self.expected = expected
+        super().__init__(
+            f"journal conflict in pool {pool!r}, object {obj!r}, key {key!r}: "
+            f"found {found!r}, expected {expected!r}; nothing was written"
+        )
+
+
+class CephError(ReconcilerError):
+    reason = "CephError"
+    retryable = True
+
+
+class CephUnavailable(CephError):
+    reason = "CephUnavailable"
+
+
+class PoolNotFound(CephError):
+    reason = "PoolNotFound"
+    retryable = False
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        super().__init__(f"pool {pool!r} does not exist on the local Ceph cluster")
+
+
+class ImageNotFound(CephError):
+    reason = "ImageNotFound"
+
+    def __init__(self, pool: str, namespace: str, image: str) -> None:
+        self.pool = pool
+        self.namespace = namespace
+        self.image = image
+        where = f"{pool}/{namespace}/{image}" if namespace else f"{pool}/{image}"
+        super().__init__(f"RBD image {where} does not exist on the local Ceph cluster")

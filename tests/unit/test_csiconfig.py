@@ -1,0 +1,56 @@
+"""ceph-csi's config.json as ceph-csi reads it."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.csiconfig import ClusterConfig, CSIConfig, render
+from reconciler.errors import InvalidConfig
+
+ROOK = """[
+  {"clusterID": "rook-ceph", "monitors": ["10.0.0.1:6789", "10.0.0.2:6789"],
+   "rbd": {"radosNamespace": "tenant-a", "mirrorDaemonCount": 2},
+   "cephFS": {"subvolumeGroup": "csi"}},
+  {"clusterID": "site-b", "monitors": ["v2:127.0.0.1:3300"]}
+]"""
+
+
+def test_parses_entries_with_defaults() -> None:
+    config = CSIConfig.parse(ROOK)
+    assert list(config) == ["rook-ceph", "site-b"]
+    assert config["rook-ceph"] == ClusterConfig(
+        "rook-ceph", ("10.0.0.1:6789", "10.0.0.2:6789"), "tenant-a", 2
+    )
+    assert config["rook-ceph"].mon_host == "10.0.0.1:6789,10.0.0.2:6789"
+    assert config["site-b"].rados_namespace == ""
+    assert config["site-b"].mirror_daemon_count == 1
+
+
+def test_render_round_trips() -> None:
+    config = CSIConfig.parse(ROOK)
+    assert CSIConfig.parse(render(config)) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{", "not valid JSON"),
+        ('{"clusterID": "a"}', "must be a JSON list"),
+        ("[1]", "entry 0 must be an object"),
+        ('[{"monitors": ["a:1"]}]', "entry 0: clusterID must be a non-empty string"),
+        ('[{"clusterID": "a", "monitors": []}]', "clusterID 'a'.*monitors must be a non-empty"),
+        ('[{"clusterID": "a", "monitors": "a:1"}]', "monitors must be a non-empty list"),
+        ('[{"clusterID": "a", "monitors": ["a:1"], "rbd": []}]', "rbd must be an object"),
+        (
+            '[{"clusterID": "a", "monitors": ["a:1"], "rbd": {"mirrorDaemonCount": "2"}}]',
+            "mirrorDaemonCount must be a whole number",
+        ),
+        (
+            '[{"clusterID": "a", "monitors": ["a:1"]}, {"clusterID": "a", "monitors": ["b:1"]}]',
+            "appears more than once",
+        ),
+    ],
+)
+def test_malformed_config_names_the_entry_and_field(text: str, problem: str) -> None:
+    with pytest.raises(InvalidConfig, match=problem):
+        CSIConfig.parse(text)
