@@ -1,0 +1,338 @@
+"""Connections to Ceph: one per (monitors, user, key), reused by every volume, async to callers.
+
+librados is thread-safe and its Python bindings release the GIL on blocking calls, so each
+connection runs its operations on a small thread pool of its own and asyncio callers await them:
+many volumes progress at once over one connection. Every wait is bounded: the mount, the monitor
+and the OSD operations all time out, so an unreachable site fails within seconds.
+
+Keys are passed to librados in memory (`key` option), never written to disk, and never shown by
+`repr` or in error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, TypeVar
+
+from reconciler.errors import CephError, CephUnavailable, ImageNotFound, PoolNotFound
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_THREADS = 16
+#: Read at most this many omap keys of one object at once (ceph-csi objects hold a handful).
+OMAP_PAGE = 1024
+
+
+class CephBindingsMissing(CephError):
+    retryable = False
+
+
+def _import(name: str) -> ModuleType:
+    """Ceph's bindings come from Debian's python3-rados/python3-rbd; import them on first use."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise CephBindingsMissing(
+            f"the Python module {name!r} is missing: install Debian's python3-{name} and link "
+            f"it into this interpreter (`make setup` does)"
+        ) from err
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A ceph-csi style user: `userID` (without `client.`) and `userKey` from a Secret."""
+
+    user: str
+    key: str = field(repr=False)
+
+    def fingerprint(self) -> str:
+        """Tells keys apart (pool identity, logs) without revealing them."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str
+    id: str
+    #: None when the image is not mirrored.
+    mirror_primary: bool | None
+
+
+class ObjectExists(CephError):
+    retryable = False
+
+    def __init__(self, pool: str, namespace: str, oid: str) -> None:
+        self.pool = pool
+        self.namespace = namespace
+        self.oid = oid
+        super().__init__(f"object {oid!r} already exists in pool {pool!r}")
+
+
+class CephConnection:
+    """One connected librados client. Use through `ConnectionPool`; close with `close()`."""
+
+    def __init__(
+        self, mon_host: str, credentials: Credentials, timeout: float, threads: int
+    ) -> None:
+        self.mon_host = mon_host
+        self.user = credentials.user
+        self.timeout = timeout
+        self._credentials = credentials
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix=f"ceph-{credentials.user}"
+        )
+        self._rados: Any = None
+        self._ioctxs: dict[tuple[str, str], Any] = {}
+
+    def __repr__(self) -> str:
+        return f"CephConnection(mon_host={self.mon_host!r}, user={self.user!r})"
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def connect(self) -> None:
+        rados = _import("rados")
+        seconds = str(max(1, round(self.timeout)))
+        client = rados.Rados(
+            rados_id=self.user,
+            conf={
+                "mon_host": self.mon_host,
+                "key": self._credentials.key,
+                "client_mount_timeout": seconds,
+                "rados_mon_op_timeout": seconds,
+                "rados_osd_op_timeout": seconds,
+            },
+        )
+
+        def connect() -> None:
+            client.connect()
+
+        try:
+            await asyncio.wait_for(self._call(connect), self.timeout + 5)
+        except (rados.Error, TimeoutError) as err:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            raise CephUnavailable(
+                f"cannot connect to Ceph monitors {self.mon_host} as client.{self.user} "
+                f"within {self.timeout:.0f} s: {type(err).__name__}: {err}"
+            ) from err
+        self._rados = client
+
+    def close(self) -> None:
+        for ioctx in self._ioctxs.values():
+            with contextlib.suppress(Exception):
+                ioctx.close()
+        self._ioctxs.clear()
+        if self._rados is not None:
+            with contextlib.suppress(Exception):
+                self._rados.shutdown()
+            self._rados = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, what: str, fn: Callable[[], T]) -> T:
+        """Run a librados call on the pool's threads and turn its errors into ours."""
+        rados = _import("rados")
+        try:
+            return await self._call(fn)
+        except rados.TimedOut as err:
+            raise CephUnavailable(
+                f"{what} timed out after {self.timeout:.0f} s on {self.mon_host}"
+            ) from err
+        except rados.Error as err:
+            if isinstance(err, rados.ObjectNotFound | rados.ObjectExists):
+                raise
+            raise CephError(f"{what} failed on {self.mon_host}: {err}") from err
+
+    def _ioctx(self, pool: str, namespace: str) -> Any:
+        """An I/O context per (pool, namespace), opened once; runs on a pool thread."""
+        key = (pool, namespace)
+        ioctx = self._ioctxs.get(key)
+        if ioctx is None:
+            rados = _import("rados")
+            try:
+                ioctx = self._rados.open_ioctx(pool)
+            except rados.ObjectNotFound as err:
+                raise PoolNotFound(pool) from err
+            ioctx.set_namespace(namespace)
+            kept = self._ioctxs.setdefault(key, ioctx)
+            if kept is not ioctx:  # another thread opened it meanwhile
+                ioctx.close()
+            ioctx = kept
+        return ioctx
+
+    async def pool_id(self, pool: str) -> int:
+        def lookup() -> int | None:
+            found: int | None = self._rados.pool_lookup(pool)
+            return found
+
+        pool_id = await self._run(f"looking up pool {pool!r}", lookup)
+        if pool_id is None:
+            raise PoolNotFound(pool)
+        return pool_id
+
+    async def pool_name(self, pool_id: int) -> str:
+        rados = _import("rados")
+
+        def lookup() -> str:
+            name: str = self._rados.pool_reverse_lookup(pool_id)
+            return name
+
+        try:
+            return await self._run(f"looking up pool ID {pool_id}", lookup)
+        except rados.ObjectNotFound as err:
+            raise PoolNotFound(f"#{pool_id}") from err
+
+    async def omap_get(
+        self, pool: str, namespace: str, oid: str, keys: Sequence[str] | None = None
+    ) -> dict[str, bytes] | None:
+        """The object's omap (only `keys` if given), or None when the object does not exist."""
+        rados = _import("rados")
+
+        def read() -> dict[str, bytes]:
+            ioctx = self._ioctx(pool, namespace)
+            values: dict[str, bytes] = {}
+            with rados.ReadOpCtx() as op:
+                if keys is None:
+                    pairs, _ = ioctx.get_omap_vals(op, "", "", OMAP_PAGE)
+                else:
+                    pairs, _ = ioctx.get_omap_vals_by_keys(op, tuple(keys))
+                ioctx.operate_read_op(op, oid)
+                for key, value in pairs:
+                    values[key] = value
+            return values
+
+        try:
+            return await self._run(f"reading omap of {oid!r} in pool {pool!r}", read)
+        except rados.ObjectNotFound:
+            return None
+
+    async def omap_set(
+        self,
+        pool: str,
+        namespace: str,
+        oid: str,
+        values: Mapping[str, bytes],
+        *,
+        exclusive_create: bool = False,
+    ) -> None:
+        """Set omap keys in one atomic op, creating the object (exclusively, if asked)."""
+        rados = _import("rados")
+
+        def write() -> None:
+            ioctx = self._ioctx(pool, namespace)
+            with rados.WriteOpCtx() as op:
+                op.new(rados.LIBRADOS_CREATE_EXCLUSIVE if exclusive_create else 0)
+                if values:
+                    ioctx.set_omap(op, tuple(values), tuple(values.values()))
+                ioctx.operate_write_op(op, oid)
+
+        try:
+            await self._run(f"writing omap of {oid!r} in pool {pool!r}", write)
+        except rados.ObjectExists as err:
+            raise ObjectExists(pool, namespace, oid) from err
+
+    async def omap_remove(self, pool: str, namespace: str, oid: str, keys: Sequence[str]) -> None:
+        rados = _import("rados")
+
+        def remove() -> None:
+            ioctx = self._ioctx(pool, namespace)
+            with rados.WriteOpCtx() as op:
+                ioctx.remove_omap_keys(op, tuple(keys))
+                ioctx.operate_write_op(op, oid)
+
+        with contextlib.suppress(rados.ObjectNotFound):
+            await self._run(f"removing omap keys of {oid!r} in pool {pool!r}", remove)
+
+    async def remove_object(self, pool: str, namespace: str, oid: str) -> None:
+        rados = _import("rados")
+
+        def remove() -> None:
+            self._ioctx(pool, namespace).remove_object(oid)
+
+        with contextlib.suppress(rados.ObjectNotFound):
+            await self._run(f"removing {oid!r} in pool {pool!r}", remove)
+
+    async def image_info(self, pool: str, namespace: str, name: str) -> ImageInfo:
+        rados = _import("rados")
+        rbd = _import("rbd")
+
+        def info() -> ImageInfo:
+            ioctx = self._ioctx(pool, namespace)
+            try:
+                image = rbd.Image(ioctx, name, read_only=True)
+            except rbd.ImageNotFound as err:
+                raise ImageNotFound(pool, namespace, name) from err
+            try:
+                mirror = image.mirror_image_get_info()
+                mirrored = mirror["state"] == rbd.RBD_MIRROR_IMAGE_ENABLED
+                return ImageInfo(
+                    name=name,
+                    id=image.id(),
+                    mirror_primary=bool(mirror["primary"]) if mirrored else None,
+                )
+            finally:
+                image.close()
+
+        try:
+            return await self._run(f"opening image {name!r} in pool {pool!r}", info)
+        except rbd.Error as err:
+            if isinstance(err, rbd.TimedOut):
+                raise CephUnavailable(f"opening image {name!r} timed out") from err
+            raise CephError(f"opening image {name!r} in pool {pool!r}: {err}") from err
+        except rados.ObjectNotFound as err:
+            raise ImageNotFound(pool, namespace, name) from err
+
+
+class ConnectionPool:
+    """One `CephConnection` per (monitors, user, key), shared by every caller."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, threads: int = DEFAULT_THREADS) -> None:
+        self.timeout = timeout
+        self.threads = threads
+        self._connections: dict[tuple[str, str, str], asyncio.Task[CephConnection]] = {}
+
+    async def get(self, mon_host: str, credentials: Credentials) -> CephConnection:
+        key = (mon_host, credentials.user, credentials.fingerprint())
+        task = self._connections.get(key)
+        if task is None:
+            # Concurrent callers for one cluster share a single connect attempt.
+            task = asyncio.ensure_future(self._open(mon_host, credentials))
+            self._connections[key] = task
+        try:
+            return await asyncio.shield(task)
+        except CephError:
+            # A failed attempt is not cached: the next caller tries afresh.
+            if self._connections.get(key) is task:
+                del self._connections[key]
+            raise
+
+    async def _open(self, mon_host: str, credentials: Credentials) -> CephConnection:
+        connection = CephConnection(mon_host, credentials, self.timeout, self.threads)
+        try:
+            await connection.connect()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    async def close(self) -> None:
+        tasks = list(self._connections.values())
+        self._connections.clear()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().close()
+            else:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task

@@ -1,0 +1,296 @@
+"""ceph-csi's RADOS OMAP journal for volumes, read and written byte for byte as ceph-csi does.
+
+    journal pool: csi.volumes.<instance>      csi.volume.<request name> -> <uuid>
+                                              (or <16-hex image pool ID>/<uuid> when the
+                                               journal pool is not the image pool)
+    image pool:   csi.volume.<uuid>           csi.volname, csi.imagename, csi.imageid,
+                                              csi.volume.owner, [csi.journalpool],
+                                              [csi.volume.encryptKMS, csi.volume.encryptionType]
+
+Writing is planned first from what is on Ceph now, then applied, so a dry run shows exactly what
+a real run writes and a converged volume plans nothing. The writes go in ceph-csi's order, each
+one atomic (RADOS applies one op on one object whole): the per-volume object is created with all
+its keys at once, then the directory key points at it. A run that fails half-way undoes what it
+created; a run killed half-way leaves a state the next plan completes.
+
+This module knows Ceph objects and nothing of Kubernetes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.errors import CephError, JournalConflict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTANCE_ID = "default"
+NAME_KEY_PREFIX = "csi.volume."
+UUID_OBJECT_PREFIX = "csi.volume."
+KEY_VOLNAME = "csi.volname"
+KEY_IMAGENAME = "csi.imagename"
+KEY_IMAGEID = "csi.imageid"
+KEY_OWNER = "csi.volume.owner"
+KEY_JOURNALPOOL = "csi.journalpool"
+KEY_ENCRYPT_KMS = "csi.volume.encryptKMS"
+KEY_ENCRYPTION_TYPE = "csi.volume.encryptionType"
+VOLUME_KEYS = (
+    KEY_VOLNAME,
+    KEY_IMAGENAME,
+    KEY_IMAGEID,
+    KEY_OWNER,
+    KEY_JOURNALPOOL,
+    KEY_ENCRYPT_KMS,
+    KEY_ENCRYPTION_TYPE,
+)
+#: Keys a later run may overwrite: the image ID changes when rbd-mirror re-syncs an image, and
+#: the owner when the claim moves. Any other difference is a conflict for a human.
+UPDATABLE_KEYS = frozenset({KEY_IMAGEID, KEY_OWNER})
+
+
+class OmapStore(Protocol):
+    """The Ceph operations the journal needs; `cephconn.CephConnection` provides them."""
+
+    async def omap_get(
+        self, pool: str, namespace: str, oid: str, keys: Sequence[str] | None = None
+    ) -> dict[str, bytes] | None: ...
+
+    async def omap_set(
+        self,
+        pool: str,
+        namespace: str,
+        oid: str,
+        values: Mapping[str, bytes],
+        *,
+        exclusive_create: bool = False,
+    ) -> None: ...
+
+    async def omap_remove(
+        self, pool: str, namespace: str, oid: str, keys: Sequence[str]
+    ) -> None: ...
+
+    async def remove_object(self, pool: str, namespace: str, oid: str) -> None: ...
+
+
+def directory_object(instance_id: str = DEFAULT_INSTANCE_ID) -> str:
+    return f"csi.volumes.{instance_id}"
+
+
+def volume_object(object_uuid: str) -> str:
+    return UUID_OBJECT_PREFIX + object_uuid
+
+
+def name_key(request_name: str) -> str:
+    return NAME_KEY_PREFIX + request_name
+
+
+def pool_id_hex(pool_id: int) -> str:
+    """A pool ID as ceph-csi stores it: int64 as big-endian uint64, 16 lower-case hex digits."""
+    return f"{pool_id % (1 << 64):016x}"
+
+
+@dataclass(frozen=True)
+class VolumeReservation:
+    """Everything the journal should say about one volume."""
+
+    request_name: str
+    object_uuid: str
+    image_name: str
+    image_id: str
+    image_pool: str
+    image_pool_id: int
+    journal_pool: str
+    journal_pool_id: int
+    namespace: str = ""
+    instance_id: str = DEFAULT_INSTANCE_ID
+    owner: str = ""
+    encryption_kms_id: str = ""
+    encryption_type: str = ""
+    #: (old handle, new handle) for the key older ceph-csi releases read; None to skip it.
+    legacy_mapping: tuple[str, str] | None = None
+
+    @property
+    def separate_journal(self) -> bool:
+        return self.journal_pool != self.image_pool
+
+    @property
+    def directory(self) -> str:
+        return directory_object(self.instance_id)
+
+    @property
+    def volume_object(self) -> str:
+        return volume_object(self.object_uuid)
+
+    def directory_value(self) -> str:
+        if self.separate_journal:
+            return f"{pool_id_hex(self.image_pool_id)}/{self.object_uuid}"
+        return self.object_uuid
+
+    def volume_values(self) -> dict[str, str]:
+        values = {
+            KEY_VOLNAME: self.request_name,
+            KEY_IMAGENAME: self.image_name,
+            KEY_IMAGEID: self.image_id,
+        }
+        if self.owner:
+            values[KEY_OWNER] = self.owner
+        if self.separate_journal:
+            values[KEY_JOURNALPOOL] = pool_id_hex(self.journal_pool_id)
+        if self.encryption_kms_id:
+            values[KEY_ENCRYPT_KMS] = self.encryption_kms_id
+        if self.encryption_type:
+            values[KEY_ENCRYPTION_TYPE] = self.encryption_type
+        return values
+
+
+@dataclass(frozen=True)
+class OmapWrite:
+    pool: str
+    oid: str
+    values: Mapping[str, str]
+    #: Create the object, failing if it exists: what reserves the UUID.
+    exclusive_create: bool = False
+
+
+@dataclass
+class JournalPlan:
+    reservation: VolumeReservation
+    writes: list[OmapWrite] = field(default_factory=list)
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys the plan writes, in order."""
+        return [key for write in self.writes for key in write.values]
+
+    @property
+    def empty(self) -> bool:
+        return not self.writes
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """What the journal holds for one request name, as ceph-csi would read it."""
+
+    directory_pool: str
+    directory_key: str
+    directory_value: str | None
+    volume_pool: str
+    volume_object: str
+    volume_values: dict[str, str] | None
+
+
+def _text(values: Mapping[str, bytes] | None) -> dict[str, str] | None:
+    if values is None:
+        return None
+    return {k: v.decode(errors="replace") for k, v in values.items()}
+
+
+class VolumeJournal:
+    """Plans and applies reservations on one Ceph cluster through an `OmapStore`."""
+
+    def __init__(self, store: OmapStore) -> None:
+        self.store = store
+
+    async def read(self, reservation: VolumeReservation) -> JournalEntry:
+        r = reservation
+        directory = await self.store.omap_get(
+            r.journal_pool, r.namespace, r.directory, [name_key(r.request_name)]
+        )
+        volume = await self.store.omap_get(r.image_pool, r.namespace, r.volume_object)
+        value = (directory or {}).get(name_key(r.request_name))
+        return JournalEntry(
+            directory_pool=r.journal_pool,
+            directory_key=name_key(r.request_name),
+            directory_value=value.decode(errors="replace") if value is not None else None,
+            volume_pool=r.image_pool,
+            volume_object=r.volume_object,
+            volume_values=_text(volume),
+        )
+
+    async def plan(self, reservation: VolumeReservation) -> JournalPlan:
+        """The writes that make the journal say `reservation`; raises JournalConflict instead
+        when the journal already says something else about this volume."""
+        r = reservation
+        entry = await self.read(r)
+        plan = JournalPlan(r)
+        want_volume = r.volume_values()
+
+        if entry.directory_value is not None and entry.directory_value != r.directory_value():
+            raise JournalConflict(
+                r.journal_pool,
+                r.directory,
+                entry.directory_key,
+                entry.directory_value,
+                r.directory_value(),
+            )
+        if entry.volume_values is None:
+            plan.writes.append(
+                OmapWrite(r.image_pool, r.volume_object, want_volume, exclusive_create=True)
+            )
+        else:
+            # The object exists: an earlier run of ours, or ceph-csi, got this far. It must be
+            # this volume's (an empty one is a reservation cut off before its keys were set).
+            found = entry.volume_values
+            changes: dict[str, str] = {}
+            for key, wanted in want_volume.items():
+                have = found.get(key)
+                if have == wanted:
+                    continue
+                if have is not None and key not in UPDATABLE_KEYS:
+                    raise JournalConflict(r.image_pool, r.volume_object, key, have, wanted)
+                changes[key] = wanted
+            if changes:
+                plan.writes.append(OmapWrite(r.image_pool, r.volume_object, changes))
+        if entry.directory_value is None:
+            plan.writes.append(
+                OmapWrite(r.journal_pool, r.directory, {entry.directory_key: r.directory_value()})
+            )
+        if r.legacy_mapping is not None:
+            old, new = r.legacy_mapping
+            legacy_key = name_key(old)
+            directory = await self.store.omap_get(
+                r.journal_pool, r.namespace, r.directory, [legacy_key]
+            )
+            if (directory or {}).get(legacy_key) != new.encode():
+                plan.writes.append(OmapWrite(r.journal_pool, r.directory, {legacy_key: new}))
+        return plan
+
+    async def apply(self, plan: JournalPlan) -> None:
+        """Carry out `plan` in order; on failure undo what this call created, then re-raise."""
+        r = plan.reservation
+        created_object = False
+        set_directory_key = False
+        try:
+            for write in plan.writes:
+                await self.store.omap_set(
+                    write.pool,
+                    r.namespace,
+                    write.oid,
+                    {k: v.encode() for k, v in write.values.items()},
+                    exclusive_create=write.exclusive_create,
+                )
+                created_object |= write.exclusive_create
+                set_directory_key |= name_key(r.request_name) in write.values
+        except BaseException:
+            await self._undo(r, created_object, set_directory_key)
+            raise
+
+    async def _undo(
+        self, r: VolumeReservation, created_object: bool, set_directory_key: bool
+    ) -> None:
+        """ceph-csi's undo rule, inverse order of creation, limited to what this run made."""
+        log.warning(
+            "reservation of %s failed half-way; undoing what this attempt wrote", r.request_name
+        )
+        if set_directory_key:
+            with contextlib.suppress(CephError):
+                await self.store.omap_remove(
+                    r.journal_pool, r.namespace, r.directory, [name_key(r.request_name)]
+                )
+        if created_object:
+            with contextlib.suppress(CephError):
+                await self.store.remove_object(r.image_pool, r.namespace, r.volume_object)
