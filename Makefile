@@ -12,7 +12,7 @@ APT_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common rbd-mirror python3-rados 
                 python3-venv prometheus
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit test-e2e demo clean kube-bins
+.PHONY: help setup lint test test-unit test-e2e bench demo clean kube-bins
 
 help:
 	@echo "make setup      install Debian packages and the virtualenv (idempotent)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-e2e   tests against real Ceph daemons and a real kube-apiserver"
 	@echo "make kube-bins  build kube-apiserver, kube-controller-manager, etcd once (cached in ~/.cache)"
 	@echo "make test       all of the above"
+	@echo "make bench      benchmarks on real daemons (figures, not pass/fail)"
 	@echo "make demo       a real failover on a local Ceph pair + API server, then the controller"
 
 setup: $(STAMPS)/apt $(STAMPS)/venv
@@ -48,9 +49,9 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check reconciler tests
-	$(VENV)/bin/ruff format --check reconciler tests
-	$(VENV)/bin/mypy reconciler tests
+	$(VENV)/bin/ruff check reconciler tests bench
+	$(VENV)/bin/ruff format --check reconciler tests bench
+	$(VENV)/bin/mypy reconciler tests bench
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -64,6 +65,10 @@ test-e2e: setup kube-bins
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint test-unit test-e2e
+
+# Benchmarks print figures with their baseline from the same run; they are not pass/fail tests.
+bench: setup
+	$(PY) bench/bench_regenerate.py
 
 demo: setup
 	@echo "make demo: the failover demo is not built yet (see issue 6)"
