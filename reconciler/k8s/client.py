@@ -9,6 +9,7 @@ that is shedding load (or still initialising its storage) is waited for instead 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from reconciler.k8s.errors import ApiStatusError
 from reconciler.k8s.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,49 @@ class RateLimitedApiClient(ApiClient):
             )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def status_error(path: str, response: aiohttp.ClientResponse) -> ApiStatusError:
+    """The error for a non-2xx streaming answer, with the Status message; releases `response`."""
+    try:
+        body = await response.text()
+    finally:
+        response.release()
+    try:
+        message = str(json.loads(body).get("message", body))
+    except (ValueError, AttributeError):
+        message = body
+    return ApiStatusError(path, response.status, message)
+
+
+async def request_json(
+    api_client: ApiClient,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    """One API call with a JSON body and answer as plain dicts, for any kind (CRDs included).
+
+    PATCH needs `content_type="application/merge-patch+json"` (or apply-patch+yaml): the
+    server reads a plain JSON body as a JSON *patch*. Raises ApiStatusError for non-2xx.
+    """
+    response: aiohttp.ClientResponse = await api_client.call_api(
+        path,
+        method,
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        body=body,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+    )
+    if not 200 <= response.status < 300:
+        raise await status_error(path, response)
+    try:
+        answer: dict[str, Any] = await response.json()
+    finally:
+        response.release()
+    return answer
 
 
 async def load_configuration(kubeconfig: Path | None = None) -> Configuration:

@@ -32,6 +32,7 @@ class ApiStatusError(K8sRuntimeError):
     def __init__(self, path: str, status: int, message: str) -> None:
         self.path = path
         self.status = status
+        self.message = message
         super().__init__(f"{path}: API server answered {status}: {message}")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
+from reconciler.k8s.client import status_error
 from reconciler.k8s.errors import ApiStatusError, WatchExpired
 from reconciler.k8s.ratelimit import JitteredBackoff
 from reconciler.k8s.store import Indexer, KubeObject, Store, object_key, resource_version
@@ -326,17 +327,10 @@ class Informer:
         )
         if response.status == 200:
             return response
-        try:
-            body = await response.text()
-        finally:
-            response.release()
-        try:
-            message = str(json.loads(body).get("message", body))
-        except ValueError:
-            message = body
-        if response.status == 410:
-            raise WatchExpired(self.path, self.last_resource_version, message)
-        raise ApiStatusError(self.path, response.status, message)
+        error = await status_error(self.path, response)
+        if error.status == 410:
+            raise WatchExpired(self.path, self.last_resource_version, error.message)
+        raise error
 
     def _emit(self, event: Event) -> None:
         self.stats.events[event.type] += 1
