@@ -71,7 +71,7 @@ bench: setup
 	$(PY) bench/bench_regenerate.py
 
 demo: setup
-	@echo "make demo: the failover demo is not built yet (see issue 6)"
+	$(VENV)/bin/rbd-mirror-reconciler sandbox demo
 
 clean:
 	rm -rf $(VENV) $(STAMPS) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reconciler.errors import ReconcilerError
 from reconciler.sandbox.ceph import DEFAULT_POOL, start_pair
+from reconciler.sandbox.demo import run_demo
 from reconciler.sandbox.errors import SandboxError
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import pid_runs, stop_pid
@@ -56,6 +58,15 @@ def register(commands: Any) -> None:
         help=f"the directory given to `sandbox up` (default {DEFAULT_DIR})",
     )
     down.set_defaults(func=cmd_down)
+    demo = actions.add_parser(
+        "demo",
+        help="a real failover end to end: provision on site-a, mirror, lose site-a, "
+        "regenerate the journal on site-b (what `make demo` runs)",
+    )
+    demo.add_argument(
+        "--dir", type=Path, default=None, help="where state and logs go (default: a new temp dir)"
+    )
+    demo.set_defaults(func=cmd_demo)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -90,6 +101,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     (args.dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     print(json.dumps(description, indent=2))
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        return run_demo(args.dir)
+    except (SandboxError, ReconcilerError) as err:
+        print(f"demo: FAILED: {err}", file=sys.stderr)
+        return 1
 
 
 def cmd_down(args: argparse.Namespace) -> int:

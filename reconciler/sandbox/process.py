@@ -16,7 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.sandbox.errors import CommandFailed, DaemonFailed, PortInUse
+from reconciler.sandbox.errors import CommandFailed, DaemonFailed, PortInUse, SandboxError
+
+
+def poll_until(probe: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    """Call `probe` until it holds; raise naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() >= deadline:
+            raise SandboxError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

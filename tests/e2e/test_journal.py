@@ -16,10 +16,10 @@ import pytest
 from reconciler.cephconn import CephConnection, ConnectionPool, Credentials
 from reconciler.errors import CephUnavailable, ImageNotFound, JournalConflict, PoolNotFound
 from reconciler.regenerate import LocalCluster, regenerate
+from reconciler.sandbox import cephcsi
 from reconciler.sandbox.ceph import CSI_USER, SitePair
+from reconciler.sandbox.cephcsi import Provisioned
 from reconciler.volume import CSIVolume
-from tests.e2e import cephcsi
-from tests.e2e.cephcsi import Provisioned
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,191 @@
+"""A stand-in for ceph-csi's provisioner on site-a: volumes made and read the way ceph-csi does.
+
+This is the sandbox's own statement of ceph-csi's behaviour (CreateVolume's reservation order,
+its key names and value bytes, the handle layout), written independently of the product's
+`handle` and `journal` modules, so that a bug shared by the product and its tests cannot hide.
+Admin credentials, straight librados.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import rados
+import rbd
+
+from reconciler.sandbox.ceph import CephCluster, SitePair
+from reconciler.sandbox.errors import CommandFailed
+from reconciler.sandbox.process import poll_until
+
+
+@contextmanager
+def ioctx(site: CephCluster, pool: str, namespace: str = "") -> Iterator[Any]:
+    client = rados.Rados(conffile=str(site.conf))
+    client.connect()
+    try:
+        io = client.open_ioctx(pool)
+        io.set_namespace(namespace)
+        try:
+            yield io
+        finally:
+            io.close()
+    finally:
+        client.shutdown()
+
+
+def omap(site: CephCluster, pool: str, oid: str, namespace: str = "") -> dict[str, bytes] | None:
+    """All omap pairs of an object, or None if it does not exist."""
+    with ioctx(site, pool, namespace) as io, rados.ReadOpCtx() as op:
+        pairs, _ = io.get_omap_vals(op, "", "", 1000)
+        try:
+            io.operate_read_op(op, oid)
+        except rados.ObjectNotFound:
+            return None
+        return dict(pairs)
+
+
+def objects(site: CephCluster, pool: str, prefix: str, namespace: str = "") -> set[str]:
+    with ioctx(site, pool, namespace) as io:
+        return {o.key for o in io.list_objects() if o.key.startswith(prefix)}
+
+
+def ceph_csi_handle(cluster_id: str, pool_id: int, object_uuid: str) -> str:
+    return f"0001-{len(cluster_id):04x}-{cluster_id}-{pool_id:016x}-{object_uuid}"
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    pv_name: str
+    cluster_id: str
+    claim_name: str
+    namespace: str
+    object_uuid: str
+    image_name: str
+    handle: str
+    pool: str
+
+    def pv(self, driver: str = "rbd.csi.ceph.com", **attributes: str) -> dict[str, Any]:
+        """The static PV an admin re-creates on the secondary site (design doc's sample)."""
+        attrs = {
+            "clusterID": self.cluster_id,
+            "imageFeatures": "layering",
+            "imageFormat": "2",
+            "imageName": self.image_name,
+            "journalPool": self.pool,
+            "pool": self.pool,
+            "radosNamespace": "",
+            **attributes,
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": self.pv_name},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": "16Mi"},
+                "persistentVolumeReclaimPolicy": "Retain",
+                "claimRef": {"name": self.claim_name, "namespace": self.namespace},
+                "csi": {
+                    "driver": driver,
+                    "fsType": "ext4",
+                    "volumeHandle": self.handle,
+                    "volumeAttributes": attrs,
+                    "controllerExpandSecretRef": {
+                        "name": "rook-csi-rbd-provisioner",
+                        "namespace": "rook-ceph",
+                    },
+                },
+            },
+        }
+
+
+def provision(
+    site: CephCluster, cluster_id: str, pool: str, pv_name: str, namespace: str = "apps"
+) -> Provisioned:
+    """ceph-csi's CreateVolume: reserve (UUID object, then directory key), image, image ID."""
+    object_uuid = str(uuid.uuid4())
+    image_name = f"csi-vol-{object_uuid}"
+    with ioctx(site, pool) as io:
+        with rados.WriteOpCtx() as op:
+            op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+            io.operate_write_op(op, f"csi.volume.{object_uuid}")
+        with rados.WriteOpCtx() as op:
+            keys = ("csi.volname", "csi.imagename", "csi.volume.owner")
+            io.set_omap(op, keys, (pv_name.encode(), image_name.encode(), namespace.encode()))
+            io.operate_write_op(op, f"csi.volume.{object_uuid}")
+        with rados.WriteOpCtx() as op:
+            io.set_omap(op, (f"csi.volume.{pv_name}",), (object_uuid.encode(),))
+            io.operate_write_op(op, "csi.volumes.default")
+        rbd.RBD().create(
+            io,
+            image_name,
+            16 * 1024 * 1024,
+            old_format=False,
+            features=rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK,
+        )
+        with rbd.Image(io, image_name) as image:
+            image_id = image.id()
+        with rados.WriteOpCtx() as op:
+            io.set_omap(op, ("csi.imageid",), (image_id.encode(),))
+            io.operate_write_op(op, f"csi.volume.{object_uuid}")
+    pool_id = site.pool_id(pool)
+    return Provisioned(
+        pv_name=pv_name,
+        cluster_id=cluster_id,
+        claim_name=f"claim-{pv_name}",
+        namespace=namespace,
+        object_uuid=object_uuid,
+        image_name=image_name,
+        handle=ceph_csi_handle(cluster_id, pool_id, object_uuid),
+        pool=pool,
+    )
+
+
+def image_id(site: CephCluster, pool: str, image_name: str) -> str:
+    found: str = json.loads(site.rbd("info", f"{pool}/{image_name}", "--format", "json"))["id"]
+    return found
+
+
+def mirror_state(site: CephCluster, pool: str, image_name: str) -> str | None:
+    try:
+        status = site.rbd("mirror", "image", "status", f"{pool}/{image_name}", "--format", "json")
+    except CommandFailed:
+        return None  # not on this site yet
+    state: str = json.loads(status)["state"]
+    return state
+
+
+def fail_over(pair: SitePair, volumes: list[Provisioned], timeout: float = 120) -> None:
+    """Mirror `volumes` from site-a to site-b, wait for the initial sync, promote on site-b."""
+    for volume in volumes:
+        pair.site_a.rbd(
+            "mirror", "image", "enable", f"{volume.pool}/{volume.image_name}", "snapshot"
+        )
+
+    def all_replaying() -> bool:
+        return all(
+            mirror_state(pair.site_b, v.pool, v.image_name) == "up+replaying" for v in volumes
+        )
+
+    poll_until(all_replaying, timeout, f"{len(volumes)} images replaying on site-b")
+    for volume in volumes:
+        # A disaster failover: site-a is presumed lost, so site-b promotes without its say.
+        pair.site_b.rbd(
+            "mirror", "image", "promote", "--force", f"{volume.pool}/{volume.image_name}"
+        )
+
+
+def erase_journal(site: CephCluster, pool: str, volume: Provisioned) -> None:
+    """Remove one volume's journal entries, the legacy handle key included."""
+    with ioctx(site, pool) as io:
+        with suppress(rados.ObjectNotFound):
+            io.remove_object(f"csi.volume.{volume.object_uuid}")
+        with rados.WriteOpCtx() as op:
+            io.remove_omap_keys(op, (f"csi.volume.{volume.pv_name}", f"csi.volume.{volume.handle}"))
+            with suppress(rados.ObjectNotFound):
+                io.operate_write_op(op, "csi.volumes.default")
