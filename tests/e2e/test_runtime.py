@@ -1,20 +1,42 @@
 """The k8s runtime against the real API server of the `kube` fixture. No fakes: informers,
-leader election and the HTTP server talk to a real kube-apiserver backed by etcd."""
+leader election and the HTTP server talk to a real kube-apiserver backed by etcd.
+
+Leader election runs in real separate processes: this module is also their program
+(`python -m tests.e2e.test_runtime ...`, see `main` at the bottom): a Manager with one
+controller that stamps each ConfigMap with the identity of the replica that reconciled it.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 from kubernetes_asyncio.client import CoreV1Api, V1ConfigMap, V1Namespace, V1ObjectMeta
 
-from reconciler.k8s.client import RateLimitedApiClient, make_api_client
+from reconciler.k8s.client import ApiSettings, RateLimitedApiClient, make_api_client, request_json
+from reconciler.k8s.controller import ControllerSettings, Result
+from reconciler.k8s.errors import ApiStatusError
 from reconciler.k8s.informer import Event, EventType, Informer, Resource, WatchSettings
+from reconciler.k8s.leader import LeaderElectionSettings
+from reconciler.k8s.logs import configure_logging
+from reconciler.k8s.manager import Manager, ManagerSettings
+from reconciler.k8s.server import ServerSettings
 from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.process import free_port
+from tests.e2e.support import report
 
 pytestmark = pytest.mark.e2e
 
@@ -22,20 +44,25 @@ T = TypeVar("T")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 
 
-async def eventually(
-    probe: Callable[[], T | Awaitable[T | None] | None], within: float, what: str
-) -> T:
-    """Poll `probe` until it answers something truthy; fail naming `what` at the deadline."""
+async def eventually_async(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
+    """Await `probe()` until it answers something truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + within
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
-        last = probe()
-        if isinstance(last, Awaitable):
-            last = await last
+        last = await probe()
         if last:
-            return last  # type: ignore[no-any-return]
+            return last
         await asyncio.sleep(0.05)
     pytest.fail(f"timed out after {within:.0f} s waiting for {what} (last: {last!r})")
+
+
+async def eventually(probe: Callable[[], T | None], within: float, what: str) -> T:
+    """`eventually_async` for a plain function."""
+
+    async def ask() -> T | None:
+        return probe()
+
+    return await eventually_async(ask, within, what)
 
 
 @pytest.fixture
@@ -186,3 +213,266 @@ async def test_informer_reopens_a_silent_watch(
     await eventually(lambda: f"{namespace}/late" in informer.store, 30, "the late ConfigMap")
     assert informer.stats.lists == 1
     assert informer.stats.failures == 0
+
+
+# leader election across processes -------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LEASE = "stamper-leader"
+STAMP = "example.com/handled-by"
+# Short lease timings keep the hand-over test quick; the algorithm is the same as at 15/10/2.
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 4.0, 3.0, 1.0
+SHUTDOWN_TIMEOUT = 5.0
+# Every name the issue promises on /metrics, with the label that identifies our objects.
+EXPECTED_SERIES = [
+    'controller_runtime_reconcile_total{controller="stamper",result="success"}',
+    'controller_runtime_reconcile_total{controller="stamper",result="error"}',
+    'controller_runtime_reconcile_total{controller="stamper",result="requeue"}',
+    'controller_runtime_reconcile_total{controller="stamper",result="requeue_after"}',
+    'controller_runtime_reconcile_errors_total{controller="stamper"}',
+    'controller_runtime_terminal_reconcile_errors_total{controller="stamper"}',
+    'controller_runtime_reconcile_time_seconds_count{controller="stamper"}',
+    'controller_runtime_active_workers{controller="stamper"}',
+    'controller_runtime_max_concurrent_reconciles{controller="stamper"}',
+    'workqueue_depth{name="stamper"}',
+    'workqueue_adds_total{name="stamper"}',
+    'workqueue_queue_duration_seconds_count{name="stamper"}',
+    'workqueue_work_duration_seconds_count{name="stamper"}',
+    'workqueue_unfinished_work_seconds{name="stamper"}',
+    'workqueue_longest_running_processor_seconds{name="stamper"}',
+    'workqueue_retries_total{name="stamper"}',
+    f'leader_election_master_status{{name="{LEASE}"}}',
+]
+
+
+class Replica:
+    """One controller process of this module's `main`, stopped by its own PID."""
+
+    def __init__(self, identity: str, kubeconfig: Path, namespace: str, log_dir: Path) -> None:
+        self.identity = identity
+        self.port = free_port()
+        self.log_file = log_dir / f"{identity}.log"
+        argv = [
+            sys.executable, "-m", "tests.e2e.test_runtime",
+            "--kubeconfig", str(kubeconfig),
+            "--namespace", namespace,
+            "--identity", identity,
+            "--port", str(self.port),
+        ]  # fmt: skip
+        with self.log_file.open("w") as log:
+            self.process = subprocess.Popen(
+                argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    async def metrics(self) -> dict[str, float]:
+        """The replica's /metrics as {series: value}; empty while it does not answer."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+                http.get(f"http://127.0.0.1:{self.port}/metrics") as response,
+            ):
+                text = await response.text()
+        except aiohttp.ClientError:
+            return {}
+        series = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                series[name] = float(value)
+        return series
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[Replica]]:
+    started: list[Replica] = []
+    yield started
+    for replica in started:
+        replica.stop()
+
+
+async def grant_stamper_rbac(api: RateLimitedApiClient, namespace: str) -> None:
+    """What the replicas may do, and no more: watch/patch ConfigMaps, hold a Lease."""
+    config_maps = ["get", "list", "watch", "patch"]
+    rules = [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": config_maps},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "create", "update"]},
+    ]  # fmt: skip
+    base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    await request_json(
+        api, "POST", f"{base}/roles", {"metadata": {"name": "stamper"}, "rules": rules}
+    )
+    binding = {
+        "metadata": {"name": "stamper"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "stamper"},
+        "subjects": [{"kind": "ServiceAccount", "name": "stamper", "namespace": namespace}],
+    }
+    await request_json(api, "POST", f"{base}/rolebindings", binding)
+
+
+async def lease_holder(api: RateLimitedApiClient, namespace: str) -> str:
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}"
+    try:
+        lease = await request_json(api, "GET", path)
+    except ApiStatusError as err:
+        if err.status == 404:
+            return ""
+        raise
+    return str(lease.get("spec", {}).get("holderIdentity") or "")
+
+
+async def stamp_of(core: CoreV1Api, namespace: str, name: str) -> str | None:
+    config = await core.read_namespaced_config_map(name, namespace)
+    annotations = config.metadata.annotations or {}
+    return annotations.get(STAMP)
+
+
+async def test_two_processes_elect_one_leader_and_hand_over_when_it_dies(
+    *,
+    request: pytest.FixtureRequest,
+    kube: KubeSandbox,
+    api: RateLimitedApiClient,
+    namespace: str,
+    replicas: list[Replica],
+    tmp_path: Path,
+) -> None:
+    core = CoreV1Api(api)
+    await grant_stamper_rbac(api, namespace)
+    kubeconfig = await asyncio.to_thread(kube.service_account_kubeconfig, namespace, "stamper")
+    for identity in ("alpha", "beta"):
+        replicas.append(Replica(identity, kubeconfig, namespace, tmp_path))
+    by_identity = {replica.identity: replica for replica in replicas}
+
+    leader_id = await eventually_async(
+        lambda: lease_holder(api, namespace), 60, "one replica to take the lease"
+    )
+    leader = by_identity[leader_id]
+    follower = next(replica for replica in replicas if replica is not leader)
+    status = f'leader_election_master_status{{name="{LEASE}"}}'
+    leader_metrics = await eventually_async(
+        lambda: _with_value(leader.metrics(), status, 1.0), 30, "the leader's master status 1"
+    )
+    follower_metrics = await eventually_async(follower.metrics, 30, "the follower's /metrics")
+    assert follower_metrics[status] == 0.0
+    missing = [series for series in EXPECTED_SERIES if series not in leader_metrics]
+    assert missing == [], f"not on /metrics: {missing}"
+
+    # Only the leader reconciles.
+    await core.create_namespaced_config_map(namespace, config_map("one"))
+    await eventually_async(
+        lambda: _equals(stamp_of(core, namespace, "one"), leader_id), 30, "the leader's stamp"
+    )
+
+    # The leader dies without releasing: the follower takes over once the lease expires.
+    killed_at = time.monotonic()
+    leader.process.kill()
+    bound = LEASE_DURATION + 2 * RETRY_PERIOD * 1.2 + 2.0
+    await eventually_async(
+        lambda: _equals(lease_holder(api, namespace), follower.identity), bound, "hand-over"
+    )
+    hand_over = time.monotonic() - killed_at
+    report(request.config, f"\nleader hand-over after SIGKILL: {hand_over:.1f} s "
+           f"(lease {LEASE_DURATION:.0f} s, retry {RETRY_PERIOD:.0f} s)")  # fmt: skip
+    await core.create_namespaced_config_map(namespace, config_map("two"))
+    await eventually_async(
+        lambda: _equals(stamp_of(core, namespace, "two"), follower.identity),
+        30,
+        "the new leader's stamp",
+    )
+
+    # A clean stop releases the lease and exits 0 within the shutdown bound.
+    follower.process.send_signal(signal.SIGTERM)
+    await eventually(
+        lambda: follower.process.poll() is not None, SHUTDOWN_TIMEOUT + 10, "a clean exit"
+    )
+    assert follower.process.returncode == 0, follower.log_file.read_text()[-3000:]
+    assert await lease_holder(api, namespace) == ""
+
+    # Logs are JSON, and what a reconcile logs names the reconcile and its key.
+    lines = [json.loads(line) for line in follower.log_file.read_text().splitlines()]
+    stamped = [line for line in lines if line["message"] == "stamped"]
+    assert stamped, lines
+    assert {line["key"] for line in stamped} >= {f"{namespace}/one", f"{namespace}/two"}
+    assert all(line["controller"] == "stamper" and line["reconcile_id"] for line in stamped)
+    assert any(line["message"] == "released the lease" for line in lines)
+
+
+async def _with_value(
+    scrape: Awaitable[dict[str, float]], series: str, value: float
+) -> dict[str, float] | None:
+    metrics = await scrape
+    return metrics if metrics.get(series) == value else None
+
+
+async def _equals(answer: Awaitable[T], expected: T) -> bool:
+    return await answer == expected
+
+
+# the replica program --------------------------------------------------------------------------
+
+replica_log = logging.getLogger("stamper")
+
+
+async def run_replica(args: argparse.Namespace) -> None:
+    api = await make_api_client(args.kubeconfig, ApiSettings(qps=50, burst=100))
+    try:
+        manager = Manager(
+            api,
+            ManagerSettings(
+                leader_election=LeaderElectionSettings(
+                    namespace=args.namespace,
+                    name=LEASE,
+                    identity=args.identity,
+                    lease_duration=LEASE_DURATION,
+                    renew_deadline=RENEW_DEADLINE,
+                    retry_period=RETRY_PERIOD,
+                ),
+                server=ServerSettings("127.0.0.1", args.port),
+            ),
+        )
+        config_maps = manager.informer(CONFIG_MAPS, namespace=args.namespace)
+
+        async def stamp(key: str) -> Result:
+            obj = config_maps.store.get(key)
+            if obj is None:
+                return Result()
+            if obj["metadata"].get("annotations", {}).get(STAMP) != args.identity:
+                await request_json(
+                    api,
+                    "PATCH",
+                    f"{CONFIG_MAPS.collection_path(args.namespace)}/{obj['metadata']['name']}",
+                    {"metadata": {"annotations": {STAMP: args.identity}}},
+                    content_type="application/merge-patch+json",
+                )
+                replica_log.info("stamped", extra={"identity": args.identity})
+            return Result()
+
+        controller = manager.controller(
+            "stamper",
+            stamp,
+            settings=ControllerSettings(workers=2, shutdown_timeout=SHUTDOWN_TIMEOUT),
+        )
+        controller.watch(config_maps)
+        await manager.run()
+    finally:
+        await api.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a stamper replica for the leader election test")
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--identity", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    asyncio.run(run_replica(args))
+
+
+if __name__ == "__main__":
+    main()
