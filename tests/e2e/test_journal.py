@@ -31,7 +31,7 @@ SITE_B = LocalCluster(SITE_B_ID)
 @pytest.fixture(scope="module")
 def failed_over(ceph_pair: SitePair) -> Iterator[dict[str, Provisioned]]:
     """Volumes provisioned on site-a as ceph-csi would, mirrored and promoted on site-b."""
-    names = ["pvc-main", "pvc-dry", "pvc-cli", "pvc-crash", "pvc-enc", "pvc-legacy"]
+    names = ["pvc-main", "pvc-dry", "pvc-cli", "pvc-crash", "pvc-enc", "pvc-legacy", "pvc-moved"]
     volumes = {
         name: cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, name) for name in names
     }
@@ -167,6 +167,34 @@ async def test_conflicting_directory_key_writes_nothing(
     done = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B, legacy_handle_key=True)
     directory = cephcsi.omap(ceph_pair.site_b, volume.pool, "csi.volumes.default") or {}
     assert directory[f"csi.volume.{volume.handle}"] == done.new_handle.encode()
+
+
+async def test_owner_and_image_id_are_reset_but_a_foreign_volname_is_a_conflict(
+    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+) -> None:
+    volume = failed_over["pvc-moved"]
+    await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
+    oid = f"csi.volume.{volume.object_uuid}"
+    # The claim moved to another namespace and rbd-mirror re-synced the image (new local ID).
+    ceph_pair.site_b.rados(volume.pool, "setomapval", oid, "csi.imageid", "stale-id")
+    moved = volume.pv()
+    moved["spec"]["claimRef"]["namespace"] = "apps-v2"
+    result = await regenerate(site_b, CSIVolume.from_pv(moved), SITE_B)
+    assert result.written == ["csi.imageid", "csi.volume.owner"]
+    per_volume = cephcsi.omap(ceph_pair.site_b, volume.pool, oid) or {}
+    assert per_volume["csi.volume.owner"] == b"apps-v2"
+    assert (
+        per_volume["csi.imageid"]
+        == cephcsi.image_id(ceph_pair.site_b, volume.pool, volume.image_name).encode()
+    )
+
+    ceph_pair.site_b.rados(volume.pool, "setomapval", oid, "csi.volname", "pvc-someone-else")
+    before = journal_snapshot(ceph_pair, volume.pool)
+    with pytest.raises(JournalConflict) as conflict:
+        await regenerate(site_b, CSIVolume.from_pv(moved), SITE_B)
+    assert (conflict.value.object, conflict.value.key) == (oid, "csi.volname")
+    assert (conflict.value.found, conflict.value.expected) == ("pvc-someone-else", "pvc-moved")
+    assert journal_snapshot(ceph_pair, volume.pool) == before
 
 
 async def test_encrypted_volume_in_a_rados_namespace(
