@@ -48,6 +48,20 @@ async def site_b(ceph_pair: SitePair) -> AsyncIterator[CephConnection]:
     await pool.close()
 
 
+def journal_less(pv_name: str, object_uuid: str, pool: str) -> Provisioned:
+    """A volume of site-a's whose image may exist on site-b but whose journal never did."""
+    return Provisioned(
+        pv_name=pv_name,
+        cluster_id=SITE_A_ID,
+        claim_name=f"claim-{pv_name}",
+        namespace="apps",
+        object_uuid=object_uuid,
+        image_name=f"csi-vol-{object_uuid}",
+        handle=cephcsi.ceph_csi_handle(SITE_A_ID, 9, object_uuid),
+        pool=pool,
+    )
+
+
 def journal_snapshot(pair: SitePair, pool: str) -> dict[str, dict[str, bytes] | None]:
     """Every ceph-csi journal object in `pool` on site-b with its omap."""
     site = pair.site_b
@@ -113,16 +127,8 @@ async def test_dry_run_plans_without_writing(
 async def test_missing_image_writes_nothing(
     ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
 ) -> None:
-    ghost = Provisioned(
-        pv_name="pvc-ghost",
-        cluster_id=SITE_A_ID,
-        claim_name="c",
-        namespace="apps",
-        object_uuid=(u := str(uuid.uuid4())),
-        image_name=f"csi-vol-{u}",
-        handle=cephcsi.ceph_csi_handle(SITE_A_ID, 1, u),
-        pool=ceph_pair.pool,
-    )
+    u = str(uuid.uuid4())
+    ghost = journal_less("pvc-ghost", u, ceph_pair.pool)
     before = journal_snapshot(ceph_pair, ceph_pair.pool)
     with pytest.raises(ImageNotFound, match=f"replicapool/csi-vol-{u} does not exist"):
         await regenerate(site_b, CSIVolume.from_pv(ghost.pv()), SITE_B)
@@ -217,16 +223,7 @@ async def test_rados_namespace_is_honoured(ceph_pair: SitePair, site_b: CephConn
     site.rbd("namespace", "create", f"{ceph_pair.pool}/{namespace}")
     object_uuid = str(uuid.uuid4())
     site.rbd("create", "--size", "8M", f"{ceph_pair.pool}/{namespace}/csi-vol-{object_uuid}")
-    volume = Provisioned(
-        pv_name="pvc-ns",
-        cluster_id=SITE_A_ID,
-        claim_name="c",
-        namespace="apps",
-        object_uuid=object_uuid,
-        image_name=f"csi-vol-{object_uuid}",
-        handle=cephcsi.ceph_csi_handle(SITE_A_ID, 9, object_uuid),
-        pool=ceph_pair.pool,
-    )
+    volume = journal_less("pvc-ns", object_uuid, ceph_pair.pool)
     before_default = journal_snapshot(ceph_pair, ceph_pair.pool)
     result = await regenerate(
         site_b, CSIVolume.from_pv(volume.pv()), LocalCluster(SITE_B_ID, rados_namespace=namespace)
@@ -250,16 +247,7 @@ async def test_separate_journal_pool_is_laid_out_as_ceph_csi_reads_it(
         site.init_rbd_pool(journal_pool)
     object_uuid = str(uuid.uuid4())
     site.rbd("create", "--size", "8M", f"{ceph_pair.pool}/csi-vol-{object_uuid}")
-    volume = Provisioned(
-        pv_name="pvc-topology",
-        cluster_id=SITE_A_ID,
-        claim_name="c",
-        namespace="apps",
-        object_uuid=object_uuid,
-        image_name=f"csi-vol-{object_uuid}",
-        handle=cephcsi.ceph_csi_handle(SITE_A_ID, 9, object_uuid),
-        pool=ceph_pair.pool,
-    )
+    volume = journal_less("pvc-topology", object_uuid, ceph_pair.pool)
     await regenerate(site_b, CSIVolume.from_pv(volume.pv(journalPool=journal_pool)), SITE_B)
     image_pool_hex = f"{site.pool_id(ceph_pair.pool):016x}"
     journal_pool_hex = f"{site.pool_id(journal_pool):016x}"
