@@ -29,6 +29,7 @@ from reconciler.k8s.errors import (
     LeadershipLost,
     QueueShutDown,
     TerminalError,
+    WatchClosedEarly,
     WatchExpired,
 )
 from reconciler.k8s.informer import Event, EventType, Handler, Informer, Resource, WatchSettings
@@ -84,6 +85,7 @@ __all__ = [
     "Store",
     "TerminalError",
     "TokenBucket",
+    "WatchClosedEarly",
     "WatchExpired",
     "WatchSettings",
     "WorkQueue",

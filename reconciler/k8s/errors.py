@@ -28,6 +28,13 @@ class WatchExpired(K8sRuntimeError):
         super().__init__(f"{path}: resourceVersion {resource_version} expired (410): {message}")
 
 
+class WatchClosedEarly(K8sRuntimeError):
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+        super().__init__(f"{path}: watch closed after {seconds:.3f} s without any event")
+
+
 class ApiStatusError(K8sRuntimeError):
     def __init__(self, path: str, status: int, message: str) -> None:
         self.path = path

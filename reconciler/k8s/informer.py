@@ -19,6 +19,7 @@ import enum
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +28,15 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from reconciler.k8s.client import status_error
-from reconciler.k8s.errors import ApiStatusError, WatchExpired
+from reconciler.k8s.errors import ApiStatusError, WatchClosedEarly, WatchExpired
 from reconciler.k8s.ratelimit import JitteredBackoff
 from reconciler.k8s.store import Indexer, KubeObject, Store, object_key, resource_version
 
 log = logging.getLogger(__name__)
+
+# A watch that ends sooner than this without a single event counts as a failure (client-go's
+# "very short watch").
+SHORT_WATCH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,14 @@ class Informer:
                 self.stats.expired += 1
                 log.info("watch expired; relisting", extra={"path": self.path, "error": str(err)})
                 need_list = True
-            except (aiohttp.ClientError, TimeoutError, ApiStatusError, ValueError) as err:
+            except (
+                aiohttp.ClientError,
+                OSError,
+                TimeoutError,
+                ApiStatusError,
+                WatchClosedEarly,
+                ValueError,
+            ) as err:
                 self.stats.failures += 1
                 delay = backoff.next_delay()
                 log.warning(
@@ -252,16 +264,23 @@ class Informer:
             sock_read=self.settings.inactivity_timeout + self.settings.connect_timeout,
             total=server_timeout + self.settings.inactivity_timeout,
         )
+        started = time.monotonic()
         response = await self._get(query, timeout)
         self.stats.watches += 1
         try:
-            await self._consume(response)
+            delivered = await self._consume(response)
         finally:
             # Close rather than release: an unfinished stream cannot go back to the pool.
             response.close()
+        seconds = time.monotonic() - started
+        if not delivered and seconds < SHORT_WATCH_SECONDS:
+            # Something between us and the server closes watches at once: back off, do not spin.
+            raise WatchClosedEarly(self.path, seconds)
 
-    async def _consume(self, response: aiohttp.ClientResponse) -> None:
+    async def _consume(self, response: aiohttp.ClientResponse) -> int:
+        """Apply the watch's events until it ends or goes quiet; returns how many arrived."""
         pending = bytearray()
+        delivered = 0
         while True:
             try:
                 chunk = await asyncio.wait_for(
@@ -273,9 +292,9 @@ class Informer:
                     "watch silent; re-opening",
                     extra={"path": self.path, "seconds": self.settings.inactivity_timeout},
                 )
-                return
+                return delivered
             if not chunk:
-                return  # the server ended the watch (its timeout): re-watch from the last RV
+                return delivered  # the server ended the watch (its timeout): re-watch from last RV
             pending.extend(chunk)
             # Objects can be far larger than one chunk: only complete lines are events.
             while (end := pending.find(b"\n")) >= 0:
@@ -283,6 +302,7 @@ class Informer:
                 del pending[: end + 1]
                 if line.strip():
                     self._on_watch_event(json.loads(line))
+                    delivered += 1
 
     def _on_watch_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

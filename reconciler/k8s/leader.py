@@ -152,7 +152,7 @@ class LeaderElector:
         """One try to acquire or renew; False when someone else holds it or the call failed."""
         try:
             return await self._try_acquire_or_renew()
-        except (ApiStatusError, aiohttp.ClientError, TimeoutError) as err:
+        except (ApiStatusError, aiohttp.ClientError, OSError, TimeoutError) as err:
             log.warning(
                 "lease acquire/renew failed", extra={**self._log_fields(), "error": repr(err)}
             )
@@ -238,7 +238,7 @@ class LeaderElector:
                 }
                 await request_json(self.api_client, "PUT", self.path, lease)
             log.info("released the lease", extra=self._log_fields())
-        except (ApiStatusError, aiohttp.ClientError, TimeoutError) as err:
+        except (ApiStatusError, aiohttp.ClientError, OSError, TimeoutError) as err:
             log.warning(
                 "could not release the lease; it will expire",
                 extra={**self._log_fields(), "error": repr(err)},

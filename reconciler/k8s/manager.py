@@ -137,12 +137,23 @@ class Manager:
             asyncio.create_task(informer.run(), name=repr(informer)) for informer in self.informers
         ]
         log.info("manager started", extra={"port": server.port})
+        work = asyncio.create_task(
+            self._run_controllers(stop)
+            if self.elector is None
+            else self._run_elected(self.elector, stop),
+            name="controllers",
+        )
         try:
-            if self.elector is None:
-                await self._run_controllers(stop)
-            else:
-                await self._run_elected(self.elector, stop)
+            await asyncio.wait({work, *informer_tasks}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                # An informer only ends by a bug: its cache would silently go stale, so stop.
+                ended = next(task for task in informer_tasks if task.done())
+                raise ended.exception() or RuntimeError(f"{ended.get_name()} ended")
+            work.result()
         finally:
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
             for task in informer_tasks:
                 task.cancel()
             await asyncio.gather(*informer_tasks, return_exceptions=True)
