@@ -38,18 +38,12 @@ KEY_OWNER = "csi.volume.owner"
 KEY_JOURNALPOOL = "csi.journalpool"
 KEY_ENCRYPT_KMS = "csi.volume.encryptKMS"
 KEY_ENCRYPTION_TYPE = "csi.volume.encryptionType"
-VOLUME_KEYS = (
-    KEY_VOLNAME,
-    KEY_IMAGENAME,
-    KEY_IMAGEID,
-    KEY_OWNER,
-    KEY_JOURNALPOOL,
-    KEY_ENCRYPT_KMS,
-    KEY_ENCRYPTION_TYPE,
-)
 #: Keys a later run may overwrite: the image ID changes when rbd-mirror re-syncs an image, and
 #: the owner when the claim moves. Any other difference is a conflict for a human.
 UPDATABLE_KEYS = frozenset({KEY_IMAGEID, KEY_OWNER})
+#: Keys whose mere presence changes what ceph-csi does (encryption, where the journal lives): one
+#: the volume does not call for is a conflict too.
+ABSENCE_MATTERS = (KEY_JOURNALPOOL, KEY_ENCRYPT_KMS, KEY_ENCRYPTION_TYPE)
 
 
 class OmapStore(Protocol):
@@ -177,10 +171,15 @@ class JournalEntry:
 
     directory_pool: str
     directory_key: str
-    directory_value: str | None
+    #: The directory keys asked for that exist: the request name's, and the legacy handle key.
+    directory_values: dict[str, str]
     volume_pool: str
     volume_object: str
     volume_values: dict[str, str] | None
+
+    @property
+    def directory_value(self) -> str | None:
+        return self.directory_values.get(self.directory_key)
 
 
 def _text(values: Mapping[str, bytes] | None) -> dict[str, str] | None:
@@ -197,15 +196,17 @@ class VolumeJournal:
 
     async def read(self, reservation: VolumeReservation) -> JournalEntry:
         r = reservation
-        directory = await self.store.omap_get(
-            r.journal_pool, r.namespace, r.directory, [name_key(r.request_name)]
+        directory_keys = [name_key(r.request_name)]
+        if r.legacy_mapping is not None:
+            directory_keys.append(name_key(r.legacy_mapping[0]))
+        directory = _text(
+            await self.store.omap_get(r.journal_pool, r.namespace, r.directory, directory_keys)
         )
         volume = await self.store.omap_get(r.image_pool, r.namespace, r.volume_object)
-        value = (directory or {}).get(name_key(r.request_name))
         return JournalEntry(
             directory_pool=r.journal_pool,
-            directory_key=name_key(r.request_name),
-            directory_value=value.decode(errors="replace") if value is not None else None,
+            directory_key=directory_keys[0],
+            directory_values=directory or {},
             volume_pool=r.image_pool,
             volume_object=r.volume_object,
             volume_values=_text(volume),
@@ -243,20 +244,22 @@ class VolumeJournal:
                 if have is not None and key not in UPDATABLE_KEYS:
                     raise JournalConflict(r.image_pool, r.volume_object, key, have, wanted)
                 changes[key] = wanted
+            for key in ABSENCE_MATTERS:
+                if key in found and key not in want_volume:
+                    raise JournalConflict(
+                        r.image_pool, r.volume_object, key, found[key], "<no such key>"
+                    )
             if changes:
                 plan.writes.append(OmapWrite(r.image_pool, r.volume_object, changes))
+        directory_changes: dict[str, str] = {}
         if entry.directory_value is None:
-            plan.writes.append(
-                OmapWrite(r.journal_pool, r.directory, {entry.directory_key: r.directory_value()})
-            )
+            directory_changes[entry.directory_key] = r.directory_value()
         if r.legacy_mapping is not None:
             old, new = r.legacy_mapping
-            legacy_key = name_key(old)
-            directory = await self.store.omap_get(
-                r.journal_pool, r.namespace, r.directory, [legacy_key]
-            )
-            if (directory or {}).get(legacy_key) != new.encode():
-                plan.writes.append(OmapWrite(r.journal_pool, r.directory, {legacy_key: new}))
+            if entry.directory_values.get(name_key(old)) != new:
+                directory_changes[name_key(old)] = new
+        if directory_changes:
+            plan.writes.append(OmapWrite(r.journal_pool, r.directory, directory_changes))
         return plan
 
     async def apply(self, plan: JournalPlan) -> None:
@@ -274,7 +277,9 @@ class VolumeJournal:
                     exclusive_create=write.exclusive_create,
                 )
                 created_object |= write.exclusive_create
-                set_directory_key |= name_key(r.request_name) in write.values
+                set_directory_key |= (
+                    write.oid == r.directory and name_key(r.request_name) in write.values
+                )
         except BaseException:
             await self._undo(r, created_object, set_directory_key)
             raise

@@ -296,7 +296,7 @@ class CrashAfter:
         await self.ceph.remove_object(pool, namespace, oid)
 
 
-@pytest.mark.parametrize("writes_before_crash", [0, 1, 2])
+@pytest.mark.parametrize("writes_before_crash", [0, 1])
 async def test_a_crash_after_any_write_is_repaired_by_the_next_run(
     ceph_pair: SitePair,
     failed_over: dict[str, Provisioned],

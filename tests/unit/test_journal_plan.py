@@ -1,0 +1,155 @@
+"""The journal's planning and undo rules, over an in-memory omap store (pure logic only; the
+same rules are checked byte for byte against real Ceph in tests/e2e/test_journal.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import pytest
+
+from reconciler.cephconn import ObjectExists
+from reconciler.errors import CephUnavailable, JournalConflict
+from reconciler.journal import VolumeJournal, VolumeReservation
+
+UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
+RESERVATION = VolumeReservation(
+    request_name="pvc-1",
+    object_uuid=UUID,
+    image_name=f"csi-vol-{UUID}",
+    image_id="abc123",
+    image_pool="replicapool",
+    image_pool_id=2,
+    journal_pool="replicapool",
+    journal_pool_id=2,
+    owner="apps",
+)
+
+
+class MemoryStore:
+    """pool -> object -> omap; `fail_on` makes writes to one object fail like an OSD timeout."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, bytes]] = {}
+        self.fail_on: str | None = None
+
+    async def omap_get(
+        self, pool: str, namespace: str, oid: str, keys: Sequence[str] | None = None
+    ) -> dict[str, bytes] | None:
+        found = self.objects.get((pool, namespace, oid))
+        if found is None:
+            return None
+        return {k: v for k, v in found.items() if keys is None or k in keys}
+
+    async def omap_set(
+        self,
+        pool: str,
+        namespace: str,
+        oid: str,
+        values: Mapping[str, bytes],
+        *,
+        exclusive_create: bool = False,
+    ) -> None:
+        if oid == self.fail_on:
+            raise CephUnavailable("injected")
+        key = (pool, namespace, oid)
+        if exclusive_create and key in self.objects:
+            raise ObjectExists(pool, namespace, oid)
+        self.objects.setdefault(key, {}).update(values)
+
+    async def omap_remove(self, pool: str, namespace: str, oid: str, keys: Sequence[str]) -> None:
+        for k in keys:
+            self.objects.get((pool, namespace, oid), {}).pop(k, None)
+
+    async def remove_object(self, pool: str, namespace: str, oid: str) -> None:
+        self.objects.pop((pool, namespace, oid), None)
+
+
+async def regenerate(store: MemoryStore, reservation: VolumeReservation) -> list[str]:
+    journal = VolumeJournal(store)
+    plan = await journal.plan(reservation)
+    await journal.apply(plan)
+    return plan.keys
+
+
+async def test_fresh_volume_then_nothing() -> None:
+    store = MemoryStore()
+    assert await regenerate(store, RESERVATION) == [
+        "csi.volname",
+        "csi.imagename",
+        "csi.imageid",
+        "csi.volume.owner",
+        "csi.volume.pvc-1",
+    ]
+    assert store.objects[("replicapool", "", "csi.volumes.default")] == {
+        "csi.volume.pvc-1": UUID.encode()
+    }
+    assert await regenerate(store, RESERVATION) == []
+
+
+async def test_separate_journal_pool_prefixes_the_image_pool_id() -> None:
+    store = MemoryStore()
+    r = replace(RESERVATION, journal_pool="journal", journal_pool_id=-1)
+    await regenerate(store, r)
+    directory = store.objects[("journal", "", "csi.volumes.default")]
+    assert directory == {"csi.volume.pvc-1": f"0000000000000002/{UUID}".encode()}
+    per_volume = store.objects[("replicapool", "", f"csi.volume.{UUID}")]
+    assert per_volume["csi.journalpool"] == b"ffffffffffffffff"
+
+
+async def test_failed_directory_write_undoes_the_object_it_created() -> None:
+    store = MemoryStore()
+    store.fail_on = "csi.volumes.default"
+    with pytest.raises(CephUnavailable):
+        await regenerate(store, RESERVATION)
+    assert store.objects == {}
+
+
+async def test_undo_never_touches_a_directory_key_it_did_not_write() -> None:
+    # A PV named "owner" has the directory key csi.volume.owner, the same text as the
+    # per-volume owner key; the undo must tell the two objects apart.
+    store = MemoryStore()
+    other = replace(RESERVATION, request_name="owner", object_uuid=UUID.replace("0c", "1d"))
+    await regenerate(store, other)
+    store.fail_on = f"csi.volume.{RESERVATION.object_uuid}"
+    with pytest.raises(CephUnavailable):
+        await regenerate(store, RESERVATION)
+    directory = store.objects[("replicapool", "", "csi.volumes.default")]
+    assert "csi.volume.owner" in directory
+
+
+async def test_empty_reserved_object_is_completed() -> None:
+    store = MemoryStore()
+    await store.omap_set("replicapool", "", f"csi.volume.{UUID}", {}, exclusive_create=True)
+    assert "csi.volume.pvc-1" in await regenerate(store, RESERVATION)
+    assert await regenerate(store, RESERVATION) == []
+
+
+@pytest.mark.parametrize(
+    ("oid", "key", "value"),
+    [
+        ("csi.volumes.default", "csi.volume.pvc-1", b"another-uuid"),
+        (f"csi.volume.{UUID}", "csi.volname", b"pvc-other"),
+        (f"csi.volume.{UUID}", "csi.imagename", b"csi-vol-other"),
+        (f"csi.volume.{UUID}", "csi.volume.encryptKMS", b"vault"),
+    ],
+)
+async def test_conflicts_write_nothing(oid: str, key: str, value: bytes) -> None:
+    store = MemoryStore()
+    await store.omap_set("replicapool", "", oid, {key: value})
+    before = {k: dict(v) for k, v in store.objects.items()}
+    with pytest.raises(JournalConflict) as conflict:
+        await regenerate(store, RESERVATION)
+    assert (conflict.value.object, conflict.value.key) == (oid, key)
+    assert conflict.value.found == value.decode()
+    assert store.objects == before
+
+
+async def test_legacy_key_goes_with_the_directory_key_in_one_write() -> None:
+    store = MemoryStore()
+    r = replace(RESERVATION, legacy_mapping=("old-handle", "new-handle"))
+    plan = await VolumeJournal(store).plan(r)
+    assert [dict(w.values) for w in plan.writes][-1] == {
+        "csi.volume.pvc-1": UUID,
+        "csi.volume.old-handle": "new-handle",
+    }
