@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -423,3 +424,19 @@ def test_cli_regenerate_and_show(
 
     bad = rbd_mirror_reconciler("journal", "show", "0001-00013-site1-storage", *connection)
     assert bad.returncode == 2 and bad.stdout == ""
+
+
+async def test_concurrent_callers_share_one_connection(ceph_pair: SitePair) -> None:
+    key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    pool = ConnectionPool(timeout=5)
+    try:
+        connections = await asyncio.gather(
+            *(pool.get(ceph_pair.site_b.monitors, Credentials(CSI_USER, key)) for _ in range(20))
+        )
+        assert len({id(c) for c in connections}) == 1
+        assert len(pool) == 1
+        ids = await asyncio.gather(*(c.pool_id(ceph_pair.pool) for c in connections))
+        assert set(ids) == {ceph_pair.site_b.pool_id(ceph_pair.pool)}
+        assert key not in repr(connections[0])
+    finally:
+        await pool.close()
