@@ -10,7 +10,8 @@ ReconcilerError
 └── CephError             talking to Ceph failed
     ├── CephUnavailable   monitors unreachable or an operation timed out (retried)
     ├── PoolNotFound
-    └── ImageNotFound
+    ├── ImageNotFound
+    └── ImageNotPrimary   the mirrored image is not promoted here (yet): retried
 """
 
 from __future__ import annotations
@@ -104,3 +105,19 @@ class ImageNotFound(CephError):
         self.image = image
         where = f"{pool}/{namespace}/{image}" if namespace else f"{pool}/{image}"
         super().__init__(f"RBD image {where} does not exist on the local Ceph cluster")
+
+
+class ImageNotPrimary(CephError):
+    """A mirrored image that is not primary here: ceph-csi must not map it, so it is not ready."""
+
+    reason = "ImageNotPrimary"
+
+    def __init__(self, pool: str, namespace: str, image: str) -> None:
+        self.pool = pool
+        self.namespace = namespace
+        self.image = image
+        where = f"{pool}/{namespace}/{image}" if namespace else f"{pool}/{image}"
+        super().__init__(
+            f"RBD image {where} is mirrored but not primary on the local Ceph cluster: "
+            "promote it first; nothing was written"
+        )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reconciler.cephconn import ImageInfo
+from reconciler.errors import ImageNotPrimary
 from reconciler.handle import VolumeHandle
 from reconciler.journal import (
     DEFAULT_INSTANCE_ID,
@@ -122,14 +123,21 @@ async def regenerate(
     *,
     legacy_handle_key: bool = False,
     dry_run: bool = False,
+    require_primary: bool = False,
 ) -> Regeneration:
-    """Make the local journal describe `volume`; with `dry_run`, only say what that writes."""
+    """Make the local journal describe `volume`; with `dry_run`, only say what that writes.
+
+    With `require_primary`, a mirrored image that is not primary here raises ImageNotPrimary
+    before anything is written (the controller waits for the promotion; an admin may not).
+    """
     plan, image, new_handle = await plan_regeneration(
         ceph, volume, local, legacy_handle_key=legacy_handle_key
     )
+    r = plan.reservation
+    if require_primary and image.mirror_primary is False:
+        raise ImageNotPrimary(r.image_pool, r.namespace, r.image_name)
     if not dry_run and not plan.empty:
         await VolumeJournal(ceph).apply(plan)
-    r = plan.reservation
     return Regeneration(
         old_handle=volume.volume_handle,
         new_handle=new_handle,

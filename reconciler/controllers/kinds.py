@@ -1,0 +1,94 @@
+"""The API kinds the controllers read and write, how they are addressed and indexed."""
+
+from __future__ import annotations
+
+import hashlib
+
+from reconciler.errors import InvalidHandle
+from reconciler.handle import VolumeHandle
+from reconciler.k8s import KubeObject, Resource
+
+GROUP = "rbdmirror.csi.ceph.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+PERSISTENT_VOLUMES = Resource("", "v1", "persistentvolumes", namespaced=False)
+CONFIG_MAPS = Resource("", "v1", "configmaps")
+SECRETS = Resource("", "v1", "secrets")
+CLUSTER_ID_MAPPINGS = Resource(GROUP, VERSION, "clusteridmappings", namespaced=False)
+VOLUME_HANDLE_MAPPINGS = Resource(GROUP, VERSION, "volumehandlemappings", namespaced=False)
+
+#: The field manager of every server-side apply, so the API server knows what is ours.
+FIELD_MANAGER = "rbd-mirror-reconciler"
+
+#: On each VolumeHandleMapping: a digest of its old handle (handles may hold characters a label
+#: cannot), so a CSI-side lookup by old handle is one request selecting one object.
+VOLUME_HANDLE_HASH_LABEL = f"{GROUP}/volume-handle-hash"
+
+
+def volume_handle_hash(handle: str) -> str:
+    """sha224 in hex: 56 characters, within a label value's 63."""
+    return hashlib.sha224(handle.encode()).hexdigest()
+
+
+# Informer indexes: every lookup by a field is one dict access, never a scan of all objects.
+
+#: PVs by the clusterID of their (decodable ceph-csi) volume handle.
+PV_CLUSTER_INDEX = "handleClusterID"
+#: PVs by "<handle clusterID>/<volumeAttributes.pool>": where remote pool IDs are learnt.
+PV_POOL_INDEX = "handlePool"
+#: VolumeHandleMappings by their old handle: the CSI-side lookup.
+VHM_HANDLE_INDEX = "volumeHandle"
+#: VolumeHandleMappings by "<local clusterID>/<pool>" of their status: where local IDs are learnt.
+VHM_POOL_INDEX = "localPool"
+#: ClusterIDMappings by the clusterIDs of both sides.
+CIDM_CLUSTER_INDEX = "clusterID"
+
+
+def pv_handle(pv: KubeObject) -> VolumeHandle | None:
+    """The PV's ceph-csi volume handle, or None when it has none that decodes."""
+    csi = (pv.get("spec") or {}).get("csi") or {}
+    handle = csi.get("volumeHandle")
+    if not isinstance(handle, str):
+        return None
+    try:
+        return VolumeHandle.decode(handle)
+    except InvalidHandle:
+        return None
+
+
+def pv_pool(pv: KubeObject) -> str:
+    csi = (pv.get("spec") or {}).get("csi") or {}
+    return str((csi.get("volumeAttributes") or {}).get("pool") or "")
+
+
+def index_pv_cluster(pv: KubeObject) -> list[str]:
+    handle = pv_handle(pv)
+    return [handle.cluster_id] if handle is not None else []
+
+
+def index_pv_pool(pv: KubeObject) -> list[str]:
+    handle = pv_handle(pv)
+    pool = pv_pool(pv)
+    return [f"{handle.cluster_id}/{pool}"] if handle is not None and pool else []
+
+
+def index_vhm_handle(vhm: KubeObject) -> list[str]:
+    handle = (vhm.get("spec") or {}).get("volumeHandle")
+    return [handle] if isinstance(handle, str) else []
+
+
+def index_vhm_pool(vhm: KubeObject) -> list[str]:
+    status = vhm.get("status") or {}
+    if status.get("poolID") is None or not status.get("clusterID") or not status.get("pool"):
+        return []
+    return [f"{status['clusterID']}/{status['pool']}"]
+
+
+def index_cidm_clusters(cidm: KubeObject) -> list[str]:
+    spec = cidm.get("spec") or {}
+    return [
+        str(side["clusterID"])
+        for side in (spec.get("siteA"), spec.get("siteB"))
+        if isinstance(side, dict) and side.get("clusterID")
+    ]
