@@ -26,7 +26,11 @@ def wait_until(
 
 
 def report(config: pytest.Config, line: str) -> None:
-    """Print a measured figure even when pytest captures output."""
+    """Print a measured figure on the terminal even while pytest captures output."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    # Fixtures run with fd 1 redirected; the figure must reach the real terminal (and CI's log).
+    with capture.global_and_fixture_disabled():
         reporter.write_line(line)
