@@ -164,6 +164,7 @@ class Informer:
             initial=self.settings.backoff_initial, cap=self.settings.backoff_cap, rng=self._rng
         )
         need_list = True
+        expired_in_a_row = 0
         while True:
             try:
                 if need_list:
@@ -171,11 +172,16 @@ class Informer:
                     need_list = False
                 await self._watch()
                 backoff.reset()
+                expired_in_a_row = 0
             except WatchExpired as err:
-                # Relist at once: waiting would only widen the gap to catch up on.
+                # Relist at once: waiting would only widen the gap to catch up on; but a server
+                # that expires every fresh list's version too must not be hammered.
                 self.stats.expired += 1
+                expired_in_a_row += 1
                 log.info("watch expired; relisting", extra={"path": self.path, "error": str(err)})
                 need_list = True
+                if expired_in_a_row > 1:
+                    await asyncio.sleep(backoff.next_delay())
             except (
                 aiohttp.ClientError,
                 OSError,
