@@ -215,6 +215,22 @@ async def test_informer_reopens_a_silent_watch(
     assert informer.stats.failures == 0
 
 
+async def test_writes_are_rate_limited_client_side(kube: KubeSandbox, namespace: str) -> None:
+    api = await make_api_client(kube.kubeconfig, ApiSettings(qps=5.0, burst=2))
+    try:
+        core = CoreV1Api(api)
+        started = time.monotonic()
+        for i in range(7):
+            await core.create_namespaced_config_map(namespace, config_map(f"limited-{i}"))
+        elapsed = time.monotonic() - started
+        listed = await core.list_namespaced_config_map(namespace)
+    finally:
+        await api.close()
+    # Two writes from the burst, the other five 1/5 s apart.
+    assert elapsed >= (7 - 2) / 5.0 * 0.95
+    assert {f"limited-{i}" for i in range(7)} <= {cm.metadata.name for cm in listed.items}
+
+
 # leader election across processes -------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -280,6 +296,17 @@ class Replica:
                 name, _, value = line.rpartition(" ")
                 series[name] = float(value)
         return series
+
+    async def readyz(self) -> int:
+        """The HTTP status of the replica's /readyz (0 while it does not answer)."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+                http.get(f"http://127.0.0.1:{self.port}/readyz") as response,
+            ):
+                return response.status
+        except aiohttp.ClientError:
+            return 0
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -359,6 +386,10 @@ async def test_two_processes_elect_one_leader_and_hand_over_when_it_dies(
     )
     follower_metrics = await eventually_async(follower.metrics, 30, "the follower's /metrics")
     assert follower_metrics[status] == 0.0
+    # The follower keeps its cache warm: it is ready, just not leading.
+    await eventually_async(
+        lambda: _equals(follower.readyz(), 200), 30, "the follower's /readyz to answer 200"
+    )
     missing = [series for series in EXPECTED_SERIES if series not in leader_metrics]
     assert missing == [], f"not on /metrics: {missing}"
 
