@@ -4,8 +4,8 @@ A mapping names two symmetric sides, siteA and siteB, so the same object is appl
 both sites; on each, the side whose clusterID is the local one (--local-cluster-id) is local and
 the other remote. The reconciler here:
 
-- marks mappings that disagree with each other as Conflicting (neither is used): a clusterID
-  paired with two different clusterIDs, or the same pair with different explicit pool IDs;
+- marks mappings of the same pair of clusterIDs that disagree about a pool ID as Conflicting
+  (neither is used for that pair);
 - resolves each pool's IDs: an ID in the spec wins; else the local ID is the one regeneration
   looked up by the pool's name on the local Ceph cluster (VolumeHandleMapping status), and the
   remote ID is read from the old handles of the PVs being reconciled; the status says which;
@@ -108,25 +108,22 @@ class MappingSpec:
 def disagreement(one: MappingSpec, other: MappingSpec) -> str | None:
     """Why `one` and `other` cannot both be used, or None when they agree (or are unrelated).
 
-    Two-site DR pairs each clusterID with exactly one other: a clusterID paired differently by
-    two mappings is a conflict. Mappings of the same pair must agree on every pool ID both give.
+    Only mappings of the same pair of clusterIDs (either way round) can disagree: about a pool's
+    ID on one side, or about which pool an ID is. A clusterID paired with several others is a
+    hub (one site mirrored to two), and each site uses only the pairs that include itself.
     """
-    for cluster_id in sorted({one.site_a, one.site_b} & {other.site_a, other.site_b}):
-        mine, theirs = one.counterpart(cluster_id), other.counterpart(cluster_id)
-        if mine != theirs:
-            return (
-                f"clusterID {cluster_id!r} is paired with {mine!r} here but with {theirs!r} "
-                f"in ClusterIDMapping {other.name}"
-            )
-        mine_ids, their_ids = one.pool_ids(cluster_id), other.pool_ids(cluster_id)
-        for pool in sorted(mine_ids.keys() & their_ids.keys()):
-            if mine_ids[pool] != their_ids[pool]:
+    if {one.site_a, one.site_b} != {other.site_a, other.site_b}:
+        return None
+    for cluster_id in sorted({one.site_a, one.site_b}):
+        mine, theirs = one.pool_ids(cluster_id), other.pool_ids(cluster_id)
+        for pool in sorted(mine.keys() & theirs.keys()):
+            if mine[pool] != theirs[pool]:
                 return (
-                    f"pool {pool!r} on {cluster_id!r} has ID {mine_ids[pool]} here but "
-                    f"{their_ids[pool]} in ClusterIDMapping {other.name}"
+                    f"pool {pool!r} on {cluster_id!r} has ID {mine[pool]} here but "
+                    f"{theirs[pool]} in ClusterIDMapping {other.name}"
                 )
-        mine_names = {pool_id: name for name, pool_id in mine_ids.items()}
-        for name, pool_id in sorted(their_ids.items()):
+        mine_names = {pool_id: name for name, pool_id in mine.items()}
+        for name, pool_id in sorted(theirs.items()):
             if mine_names.get(pool_id, name) != name:
                 return (
                     f"pool ID {pool_id} on {cluster_id!r} is pool {mine_names[pool_id]!r} here "

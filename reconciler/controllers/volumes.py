@@ -265,15 +265,13 @@ class VolumeReconciler:
         regeneration: Regeneration,
         through: list[str],
     ) -> None:
-        wrote = (
-            f"wrote {', '.join(regeneration.written)}"
-            if regeneration.written
-            else "the journal was already in place"
-        )
+        # The condition says what holds (the same on every pass); the Event also says what
+        # this pass wrote.
         message = (
             f"{regeneration.old_handle} stands for {regeneration.new_handle} here "
-            f"(image {regeneration.image_pool}/{regeneration.image_name}); {wrote}"
+            f"(image {regeneration.image_pool}/{regeneration.image_name})"
         )
+        wrote = ", ".join(regeneration.written) or "nothing: the journal was in place"
         fields = {
             "newVolumeHandle": regeneration.new_handle,
             "clusterID": self.settings.local_cluster_id,
@@ -285,7 +283,13 @@ class VolumeReconciler:
             "clusterIDMappings": through,
         }
         await self._record(
-            pv, existing, ready=True, reason=REGENERATED, message=message, fields=fields
+            pv,
+            existing,
+            ready=True,
+            reason=REGENERATED,
+            message=message,
+            fields=fields,
+            event_message=f"{message}; wrote {wrote}",
         )
 
     async def _record_failure(
@@ -304,6 +308,7 @@ class VolumeReconciler:
         reason: str,
         message: str,
         fields: dict[str, Any],
+        event_message: str = "",
     ) -> None:
         handle = str(pv["spec"]["csi"]["volumeHandle"])
         mapping = await self._ensure_mapping(pv, existing, handle)
@@ -326,7 +331,7 @@ class VolumeReconciler:
             )
         if transition(mapping, ready_condition):
             for obj in (pv, mapping):
-                await self.events.record(obj, not ready, reason, message)
+                await self.events.record(obj, not ready, reason, event_message or message)
 
     async def _ensure_mapping(
         self, pv: KubeObject, existing: KubeObject | None, handle: str

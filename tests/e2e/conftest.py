@@ -9,6 +9,7 @@ import pytest
 from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import pid_alive
+from tests.e2e.kubectl import install_crds
 from tests.e2e.support import report
 
 
@@ -40,3 +41,9 @@ def kube(
         yield sandbox
     survivors = [pid for pid in pids if pid_alive(pid)]
     assert not survivors, f"kube daemons still running after teardown: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def crds(kube: KubeSandbox) -> None:
+    """The project's CRDs installed from crds/ with kustomize, and Established."""
+    install_crds(kube)

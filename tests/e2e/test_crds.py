@@ -4,54 +4,17 @@ reject what they must with messages an admin can act on, and print useful column
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.sandbox.kube import KubeSandbox
+from tests.e2e.kubectl import CRDS, GROUP, REPO, apply, kubectl
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-GROUP = "rbdmirror.csi.ceph.io"
 API_VERSION = f"{GROUP}/v1alpha1"
-CRDS = (f"clusteridmappings.{GROUP}", f"volumehandlemappings.{GROUP}")
 HANDLE = "0001-0009-rook-ceph-0000000000000002-0c23de1c-18fb-11eb-a903-0242ac110005"
-
-
-def kubectl(
-    kube: KubeSandbox, *args: str, stdin: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr}")
-    return result
-
-
-def apply(kube: KubeSandbox, *manifests: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    """`kubectl apply` of manifests; the caller checks the outcome."""
-    text = "\n---\n".join(json.dumps(m) for m in manifests)
-    return kubectl(kube, "apply", "-f", "-", stdin=text, check=False)
-
-
-@pytest.fixture(scope="session")
-def crds(kube: KubeSandbox) -> Iterator[None]:
-    """Both CRDs applied with kustomize and Established (session-wide: controllers need them)."""
-    kubectl(kube, "apply", "-k", str(REPO / "crds"))
-    kubectl(
-        kube, "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in CRDS)
-    )
-    yield
 
 
 def cluster_mapping(name: str, spec: dict[str, Any]) -> dict[str, Any]:

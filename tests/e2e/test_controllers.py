@@ -1,0 +1,552 @@
+"""`rbd-mirror-reconciler run` end to end: a real failover on the Ceph pair, the PVs re-applied to a
+real API server, and the controller running as a separate process with the ServiceAccount and
+RBAC from config/rbac, so every permission it uses is really checked.
+
+site-b is the surviving site: its controller has --local-cluster-id site-b-cluster, and the PVs
+carry site-a's handles, as they would after an admin re-applied them from a backup.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.sandbox import cephcsi
+from reconciler.sandbox.ceph import CSI_USER, SitePair
+from reconciler.sandbox.cephcsi import Provisioned
+from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
+from reconciler.sandbox.process import free_port
+from tests.e2e.kubectl import GROUP, REPO, apply, kubectl
+from tests.e2e.support import wait_until
+
+pytestmark = pytest.mark.e2e
+
+SITE_A_ID = "site-a-cluster"
+SITE_B_ID = "site-b-cluster"
+NAMESPACE = "rook-ceph"  # where Provisioned.pv()'s Secret reference points
+SERVICE_ACCOUNT = "rbd-mirror-reconciler"
+SECRET = "rook-csi-rbd-provisioner"
+CSI_CONFIG = "ceph-csi-config"
+MAPPING_KEY = "cluster-mapping.json"
+API = f"/apis/{GROUP}/v1alpha1"
+CONVERGE = 90.0
+
+
+@dataclass
+class ControllerProcess:
+    """The controller as its own process; stopped by its own PID only."""
+
+    kubeconfig: Path
+    log_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self, *extra: str) -> None:
+        self.starts += 1
+        log = (self.log_dir / f"controller-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "run",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--local-cluster-id",
+                SITE_B_ID,
+                "--csi-config-namespace",
+                NAMESPACE,
+                "--cluster-mapping-configmap",
+                CSI_CONFIG,
+                "--health-address",
+                f"127.0.0.1:{free_port()}",
+                "--ceph-timeout",
+                "5",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-4000:]
+            for path in sorted(self.log_dir.glob("controller-*.log"))
+        )
+
+
+def rbac_for(kube: KubeSandbox, work: Path) -> None:
+    """config/rbac as a deployment in NAMESPACE would apply it (an overlay sets the namespace)."""
+    overlay = work / "rbac-overlay"
+    overlay.mkdir()
+    # kustomize takes other kustomizations by relative path only.
+    rbac = os.path.relpath(REPO / "config" / "rbac", overlay)
+    (overlay / "kustomization.yaml").write_text(f"namespace: {NAMESPACE}\nresources:\n  - {rbac}\n")
+    kubectl(kube, "apply", "-k", str(overlay))
+
+
+def secret(pair: SitePair) -> dict[str, Any]:
+    key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": NAMESPACE},
+        "data": {
+            "userID": base64.b64encode(CSI_USER.encode()).decode(),
+            "userKey": base64.b64encode(key.encode()).decode(),
+        },
+    }
+
+
+def csi_config(pair: SitePair) -> dict[str, Any]:
+    """site-b's ceph-csi-config: only its own cluster, as ceph-csi on site-b has it."""
+    entries = [{"clusterID": SITE_B_ID, "monitors": pair.site_b.monitors.split(",")}]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CSI_CONFIG, "namespace": NAMESPACE},
+        "data": {"config.json": json.dumps(entries)},
+    }
+
+
+def cluster_id_mapping(name: str, site_a: str, **pool_ids: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "ClusterIDMapping",
+        "metadata": {"name": name},
+        "spec": {
+            "siteA": {"clusterID": site_a},
+            "siteB": {"clusterID": SITE_B_ID},
+            "rbdPools": [{"name": "replicapool", **pool_ids}],
+        },
+    }
+
+
+def get(kube: KubeSandbox, path: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = kube.request("GET", path)
+    except ApiRequestFailed as err:
+        if err.status == 404:
+            return None
+        raise
+    return found
+
+
+def handle_mapping(kube: KubeSandbox, pv_name: str) -> dict[str, Any] | None:
+    return get(kube, f"{API}/volumehandlemappings/{pv_name}")
+
+
+def ready(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The Ready condition of `obj`, if it has one."""
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Ready"), None)
+
+
+def wait_for_reason(
+    kube: KubeSandbox, controller: ControllerProcess, pv_name: str, reason: str
+) -> dict[str, Any]:
+    def settled() -> dict[str, Any] | None:
+        mapping = handle_mapping(kube, pv_name)
+        condition = ready(mapping)
+        return mapping if condition is not None and condition["reason"] == reason else None
+
+    try:
+        return wait_until(settled, CONVERGE, f"{pv_name}'s mapping to say {reason}")
+    except pytest.fail.Exception:
+        print(controller.log())
+        raise
+
+
+def events_about(kube: KubeSandbox, name: str) -> list[dict[str, Any]]:
+    answer = kube.request(
+        "GET", f"/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
+    )
+    items: list[dict[str, Any]] = answer["items"]
+    return items
+
+
+def journal_of(pair: SitePair, volume: Provisioned) -> dict[str, bytes | None]:
+    """What site-b's journal holds for `volume`: its directory key and per-volume object."""
+    directory = cephcsi.omap(pair.site_b, volume.pool, "csi.volumes.default") or {}
+    per_volume = cephcsi.omap(pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
+    return {
+        "directory": directory.get(f"csi.volume.{volume.pv_name}"),
+        "volume": json.dumps({k: v.decode() for k, v in per_volume.items()}).encode()
+        if per_volume is not None
+        else None,
+    }
+
+
+def object_version(pair: SitePair, pool: str, oid: str) -> int:
+    """RADOS's version of an object: it grows with every write, identical rewrites included."""
+    with cephcsi.ioctx(pair.site_b, pool) as io:
+        io.stat(oid)
+        version: int = io.get_last_version()
+        return version
+
+
+@dataclass
+class World:
+    pair: SitePair
+    kube: KubeSandbox
+    controller: ControllerProcess
+    volumes: dict[str, Provisioned]
+
+    def apply_pvs(self, *manifests: dict[str, Any]) -> None:
+        result = apply(self.kube, *manifests)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def world(
+    ceph_pair: SitePair, kube: KubeSandbox, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """site-b after a failover: volumes mirrored and promoted, ceph-csi's Secret and config in
+    place, the RBAC applied and the controller running as its ServiceAccount."""
+    work = tmp_path_factory.mktemp("controllers")
+    names = [f"ctl-{n}" for n in ("one", "two", "three", "conflict", *(f"r{i}" for i in range(6)))]
+    volumes = {
+        name: cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, name) for name in names
+    }
+    cephcsi.fail_over(ceph_pair, list(volumes.values()))
+    kubectl(kube, "create", "namespace", NAMESPACE, check=False)
+    rbac_for(kube, work)
+    result = apply(kube, secret(ceph_pair), csi_config(ceph_pair))
+    assert result.returncode == 0, result.stderr
+    kubeconfig = kube.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT, create=False)
+    controller = ControllerProcess(kubeconfig, work)
+    controller.start("--workers", "2")
+    try:
+        yield World(ceph_pair, kube, controller, volumes)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def failed_over(world: World) -> World:
+    """The mapping site-a <-> site-b applied with kubectl, and the first PVs re-applied."""
+    result = apply(world.kube, cluster_id_mapping("site-a-to-b", SITE_A_ID))
+    assert result.returncode == 0, result.stderr
+    world.apply_pvs(*(world.volumes[n].pv() for n in ("ctl-one", "ctl-two", "ctl-three")))
+    return world
+
+
+def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: World) -> None:
+    world = failed_over
+    pair = world.pair
+    pool_b = pair.site_b.pool_id(pair.pool)
+    for name in ("ctl-one", "ctl-two", "ctl-three"):
+        volume = world.volumes[name]
+        mapping = wait_for_reason(world.kube, world.controller, name, "JournalRegenerated")
+        status = mapping["status"]
+        assert status["newVolumeHandle"] == cephcsi.ceph_csi_handle(
+            SITE_B_ID, pool_b, volume.object_uuid
+        )
+        assert (status["clusterID"], status["pool"], status["poolID"]) == (
+            SITE_B_ID,
+            pair.pool,
+            pool_b,
+        )
+        assert status["imageName"] == volume.image_name
+        assert status["clusterIDMappings"] == ["site-a-to-b"]
+        assert status["readySince"] == ready(mapping)["lastTransitionTime"]  # type: ignore[index]
+        assert mapping["spec"] == {"pvName": name, "volumeHandle": volume.handle}
+        owner = mapping["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"]) == ("PersistentVolume", name)
+
+        directory = cephcsi.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
+        assert directory[f"csi.volume.{name}"] == volume.object_uuid.encode()
+        per_volume = cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{volume.object_uuid}")
+        assert per_volume == {
+            "csi.volname": name.encode(),
+            "csi.imagename": volume.image_name.encode(),
+            "csi.imageid": cephcsi.image_id(pair.site_b, pair.pool, volume.image_name).encode(),
+            "csi.volume.owner": volume.namespace.encode(),
+        }
+        reasons = {e["reason"] for e in events_about(world.kube, name)}
+        assert "JournalRegenerated" in reasons
+
+
+def test_kubectl_get_volumehandlemappings_shows_the_outcome(failed_over: World) -> None:
+    wait_for_reason(failed_over.kube, failed_over.controller, "ctl-one", "JournalRegenerated")
+    table = kubectl(failed_over.kube, "get", "volumehandlemappings").stdout.splitlines()
+    assert table[0].split()[:6] == ["NAME", "PV", "READY", "REASON", "CLUSTERID", "POOL"]
+    row = next(line.split() for line in table if line.startswith("ctl-one "))
+    pool_b = failed_over.pair.site_b.pool_id(failed_over.pair.pool)
+    assert row[1:7] == [
+        "ctl-one",
+        "True",
+        "JournalRegenerated",
+        SITE_B_ID,
+        failed_over.pair.pool,
+        str(pool_b),
+    ]
+
+
+def ceph_csi_resolve(mapping_json: str, cluster_id: str, pool_id: int) -> tuple[str, int] | None:
+    """What ceph-csi makes of an old (clusterID, pool ID) with cluster-mapping.json: an entry
+    matches by key or value, and the pool mapping is read in the matching direction."""
+    for entry in json.loads(mapping_json):
+        for key, value in entry["clusterIDMapping"].items():
+            forward = cluster_id == key
+            if not forward and cluster_id != value:
+                continue
+            for pools in entry["RBDPoolIDMapping"]:
+                for a, b in pools.items():
+                    if forward and int(a) == pool_id:
+                        return value, int(b)
+                    if not forward and int(b) == pool_id:
+                        return key, int(a)
+    return None
+
+
+def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> None:
+    world = failed_over
+    pair = world.pair
+    pool_a, pool_b = pair.site_a.pool_id(pair.pool), pair.site_b.pool_id(pair.pool)
+    wait_for_reason(world.kube, world.controller, "ctl-one", "JournalRegenerated")
+
+    def learnt() -> dict[str, Any] | None:
+        cidm = get(world.kube, f"{API}/clusteridmappings/site-a-to-b") or {}
+        pools = (cidm.get("status") or {}).get("rbdPools") or [{}]
+        return cidm if "localPoolID" in pools[0] and "remotePoolID" in pools[0] else None
+
+    cidm = wait_until(learnt, CONVERGE, "pool IDs learnt on site-a-to-b")
+    status = cidm["status"]
+    assert (status["localClusterID"], status["remoteClusterID"]) == (SITE_B_ID, SITE_A_ID)
+    assert status["rbdPools"] == [
+        {
+            "name": pair.pool,
+            "localPoolID": pool_b,
+            "localPoolIDSource": "LocalCluster",
+            "remotePoolID": pool_a,
+            "remotePoolIDSource": "VolumeHandle",
+        }
+    ]
+    assert ready(cidm)["reason"] == "Mapped"  # type: ignore[index]
+
+    def rendered() -> str | None:
+        config_map = get(world.kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}")
+        text = ((config_map or {}).get("data") or {}).get(MAPPING_KEY)
+        return text if text and str(pool_a) in text else None
+
+    text = wait_until(rendered, CONVERGE, "cluster-mapping.json rendered with the pool IDs")
+    entry = {
+        "clusterIDMapping": {SITE_A_ID: SITE_B_ID},
+        "RBDPoolIDMapping": [{f"{pool_a}": f"{pool_b}"}],
+    }
+    assert entry in json.loads(text)
+    # ceph-csi on site-b resolves an old site-a handle to site-b, and on failback the reverse.
+    assert ceph_csi_resolve(text, SITE_A_ID, pool_a) == (SITE_B_ID, pool_b)
+    assert ceph_csi_resolve(text, SITE_B_ID, pool_b) == (SITE_A_ID, pool_a)
+    config_map = get(world.kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}") or {}
+    assert "config.json" in config_map["data"]  # ceph-csi's own key is left alone
+
+
+def bad_pv(
+    volume: Provisioned, name: str, handle: str | None = None, **changes: Any
+) -> dict[str, Any]:
+    pv = volume.pv()
+    pv["metadata"]["name"] = name
+    csi = pv["spec"]["csi"]
+    if handle is not None:
+        csi["volumeHandle"] = handle
+    for key, value in changes.items():
+        if value is None:
+            csi.pop(key, None)
+            csi["volumeAttributes"].pop(key, None)
+        elif key == "secret":
+            csi["controllerExpandSecretRef"]["name"] = value
+        else:
+            csi["volumeAttributes"][key] = value
+    return pv
+
+
+def nothing_written_for(pair: SitePair, pv_name: str, object_uuid: str) -> bool:
+    directory = cephcsi.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
+    return (
+        f"csi.volume.{pv_name}" not in directory
+        and cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{object_uuid}") is None
+    )
+
+
+def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World) -> None:
+    world = failed_over
+    pair = world.pair
+    # Real volumes of site-a's, but PVs that are wrong in one way each.
+    source = world.volumes["ctl-r5"]
+    ghost = str(uuid.uuid4())
+    cases = {
+        "ctl-bad-handle": (bad_pv(source, "ctl-bad-handle", "0001-not-a-handle"), "InvalidHandle"),
+        "ctl-no-pool": (bad_pv(source, "ctl-no-pool", pool=None), "InvalidVolume"),
+        "ctl-no-secret": (
+            bad_pv(source, "ctl-no-secret", secret="no-such-secret"),
+            "SecretNotFound",
+        ),
+        "ctl-unmapped": (
+            bad_pv(
+                source, "ctl-unmapped", cephcsi.ceph_csi_handle("site-z", 1, source.object_uuid)
+            ),
+            "ClusterNotMapped",
+        ),
+        "ctl-no-image": (
+            bad_pv(
+                source,
+                "ctl-no-image",
+                cephcsi.ceph_csi_handle(SITE_A_ID, 1, ghost),
+                imageName=f"csi-vol-{ghost}",
+            ),
+            "ImageNotFound",
+        ),
+    }
+    world.apply_pvs(*(pv for pv, _ in cases.values()))
+    for name, (_, reason) in cases.items():
+        mapping = wait_for_reason(world.kube, world.controller, name, reason)
+        assert ready(mapping)["status"] == "False"  # type: ignore[index]
+        assert "newVolumeHandle" not in mapping["status"]
+        warnings = [e for e in events_about(world.kube, name) if e["type"] == "Warning"]
+        assert reason in {e["reason"] for e in warnings}
+    message = ready(handle_mapping(world.kube, "ctl-unmapped"))["message"]  # type: ignore[index]
+    assert "'site-z' is neither local nor mapped: no ClusterIDMapping names it" in message
+    for name in cases:
+        assert nothing_written_for(pair, name, source.object_uuid)
+    assert nothing_written_for(pair, "ctl-no-image", ghost)
+    # The Secret's key appears nowhere the controller writes or logs.
+    key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    assert key not in world.controller.log()
+    # Others are unaffected: a good PV applied now still converges.
+    world.apply_pvs(world.volumes["ctl-r4"].pv())
+    wait_for_reason(world.kube, world.controller, "ctl-r4", "JournalRegenerated")
+
+
+def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_over: World) -> None:
+    world = failed_over
+    pair = world.pair
+    pool_c = 7
+    volume = world.volumes["ctl-conflict"]
+    # The same volume re-applied as if it came from a third site, "site-c".
+    handle = cephcsi.ceph_csi_handle("site-c", pool_c, volume.object_uuid)
+    first = cluster_id_mapping("site-c-first", "site-c", siteAPoolID=pool_c)
+    second = cluster_id_mapping("site-c-second", "site-c", siteAPoolID=pool_c + 1)
+    assert apply(world.kube, first, second).returncode == 0
+    for name, other in (("site-c-first", "site-c-second"), ("site-c-second", "site-c-first")):
+
+        def conflicting(name: str = name) -> dict[str, Any] | None:
+            condition = ready(get(world.kube, f"{API}/clusteridmappings/{name}"))
+            return condition if condition and condition["reason"] == "Conflicting" else None
+
+        condition = wait_until(conflicting, CONVERGE, f"{name} marked Conflicting")
+        assert f"in ClusterIDMapping {other}" in condition["message"]
+    world.apply_pvs(bad_pv(volume, volume.pv_name, handle))
+    mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "ClusterNotMapped")
+    assert "site-c-first is not Ready (Conflicting" in ready(mapping)["message"]  # type: ignore[index]
+    assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
+
+    fixed = cluster_id_mapping("site-c-second", "site-c", siteAPoolID=pool_c)
+    assert apply(world.kube, fixed).returncode == 0
+    mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
+    assert sorted(mapping["status"]["clusterIDMappings"]) == ["site-c-first", "site-c-second"]
+    for name in ("site-c-first", "site-c-second"):
+        assert ready(get(world.kube, f"{API}/clusteridmappings/{name}"))["reason"] == "Mapped"  # type: ignore[index]
+
+
+def test_deleting_the_pv_deletes_its_mapping(failed_over: World) -> None:
+    world = failed_over
+    wait_for_reason(world.kube, world.controller, "ctl-three", "JournalRegenerated")
+    kubectl(world.kube, "delete", "pv", "ctl-three", "--wait=false")
+    wait_until(
+        lambda: handle_mapping(world.kube, "ctl-three") is None,
+        CONVERGE,
+        "the garbage collector to delete ctl-three's mapping",
+    )
+
+
+def test_a_restart_midway_converges_without_duplicates_or_second_writes(
+    failed_over: World,
+) -> None:
+    world = failed_over
+    pair = world.pair
+    names = [f"ctl-r{i}" for i in range(4)]
+    world.controller.stop()
+    world.controller.start("--workers", "1")
+    world.apply_pvs(*(world.volumes[n].pv() for n in names))
+
+    def some_ready() -> list[str]:
+        return [
+            n
+            for n in names
+            if (c := ready(handle_mapping(world.kube, n))) and c["status"] == "True"
+        ]
+
+    wait_until(some_ready, CONVERGE, "a first PV to converge")
+    world.controller.stop(signal.SIGKILL)  # mid-way: no graceful anything
+    converged = some_ready()
+    before = {
+        n: (
+            handle_mapping(world.kube, n)["metadata"]["resourceVersion"],  # type: ignore[index]
+            object_version(pair, pair.pool, f"csi.volume.{world.volumes[n].object_uuid}"),
+            journal_of(pair, world.volumes[n]),
+        )
+        for n in converged
+    }
+
+    world.controller.start("--workers", "2")
+    for name in names:
+        wait_for_reason(world.kube, world.controller, name, "JournalRegenerated")
+    listed = kube_list(world.kube, f"{API}/volumehandlemappings")
+    assert sorted(o["spec"]["pvName"] for o in listed if o["spec"]["pvName"] in names) == names
+    for name, (resource_version, version, journal) in before.items():
+        volume = world.volumes[name]
+        assert handle_mapping(world.kube, name)["metadata"]["resourceVersion"] == resource_version  # type: ignore[index]
+        assert object_version(pair, pair.pool, f"csi.volume.{volume.object_uuid}") == version
+        assert journal_of(pair, volume) == journal
+
+
+def kube_list(kube: KubeSandbox, path: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kube.request("GET", path)["items"]
+    return items
+
+
+def test_the_controller_is_denied_what_its_role_does_not_grant(world: World) -> None:
+    """The ServiceAccount really is confined: a Secret outside its namespace is forbidden."""
+    result = subprocess.run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(world.controller.kubeconfig),
+            "auth",
+            "can-i",
+            "get",
+            "secrets",
+            "-n",
+            "kube-system",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.stdout.strip() == "no"
