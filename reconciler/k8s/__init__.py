@@ -1,5 +1,16 @@
 """A controller-runtime-style runtime on kubernetes-asyncio. It knows nothing of Ceph.
 
+    api = await make_api_client(kubeconfig, ApiSettings(qps=20, burst=30))
+    manager = Manager(api, ManagerSettings(leader_election=LeaderElectionSettings(ns, "me")))
+    pvs = manager.informer(Resource("", "v1", "persistentvolumes"), indexers={...})
+
+    async def reconcile(key: str) -> Result:     # level-triggered: read pvs.store, act
+        ...
+
+    manager.controller("pv", reconcile, settings=ControllerSettings(workers=4)).watch(pvs)
+    await manager.run()                           # until SIGTERM; then drain, release, stop
+    await api.close()
+
 Layers import downwards only:
 
     manager
