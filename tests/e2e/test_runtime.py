@@ -231,6 +231,105 @@ async def test_writes_are_rate_limited_client_side(kube: KubeSandbox, namespace:
     assert {f"limited-{i}" for i in range(7)} <= {cm.metadata.name for cm in listed.items}
 
 
+@pytest.fixture
+async def tiny_priority_level(api: RateLimitedApiClient, namespace: str) -> AsyncIterator[str]:
+    """API Priority and Fairness that rejects (429) what ServiceAccount `throttled` sends beyond
+    a seat or so: the API server's own overload answer, on demand. Yields the SA's name."""
+    base = "/apis/flowcontrol.apiserver.k8s.io/v1"
+    name = f"tiny-{namespace}"
+    level = {
+        "metadata": {"name": name},
+        "spec": {
+            "type": "Limited",
+            "limited": {
+                "nominalConcurrencyShares": 1,
+                "lendablePercent": 0,
+                "borrowingLimitPercent": 0,
+                "limitResponse": {"type": "Reject"},
+            },
+        },
+    }
+    schema = {
+        "metadata": {"name": name},
+        "spec": {
+            "priorityLevelConfiguration": {"name": name},
+            "matchingPrecedence": 10,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [
+                {
+                    "subjects": [
+                        {
+                            "kind": "ServiceAccount",
+                            "serviceAccount": {"name": "throttled", "namespace": namespace},
+                        }
+                    ],
+                    "resourceRules": [
+                        {
+                            "verbs": ["*"],
+                            "apiGroups": ["*"],
+                            "resources": ["*"],
+                            "namespaces": ["*"],
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    await request_json(api, "POST", f"{base}/prioritylevelconfigurations", level)
+    await request_json(api, "POST", f"{base}/flowschemas", schema)
+    try:
+        yield "throttled"
+    finally:
+        await request_json(api, "DELETE", f"{base}/flowschemas/{name}")
+        await request_json(api, "DELETE", f"{base}/prioritylevelconfigurations/{name}")
+
+
+async def test_429_from_the_api_server_is_waited_out(
+    kube: KubeSandbox, api: RateLimitedApiClient, namespace: str, tiny_priority_level: str
+) -> None:
+    base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    role = {
+        "metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
+    }
+    await request_json(api, "POST", f"{base}/roles", role)
+    binding = {
+        "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": tiny_priority_level, "namespace": namespace}
+        ],
+    }
+    await request_json(api, "POST", f"{base}/rolebindings", binding)
+    kubeconfig = await asyncio.to_thread(
+        kube.service_account_kubeconfig, namespace, tiny_priority_level
+    )
+    path = CONFIG_MAPS.collection_path(namespace)
+
+    async def burst(client: RateLimitedApiClient) -> list[BaseException | dict[str, Any]]:
+        return await asyncio.gather(
+            *(request_json(client, "GET", path) for _ in range(40)), return_exceptions=True
+        )
+
+    impatient = await make_api_client(kubeconfig, ApiSettings(max_throttle_retries=0))
+    patient = await make_api_client(kubeconfig, ApiSettings(max_throttle_retries=20))
+    try:
+        # The API server picks up the new flow schema asynchronously: wait for its first 429s.
+        async def rejected() -> list[ApiStatusError]:
+            errors = [e for e in await burst(impatient) if isinstance(e, ApiStatusError)]
+            assert all(e.status == 429 for e in errors), errors
+            return errors
+
+        await eventually_async(rejected, 30, "the API server to answer 429 to a burst")
+        answers = await burst(patient)
+    finally:
+        await impatient.close()
+        await patient.close()
+    failures = [answer for answer in answers if isinstance(answer, BaseException)]
+    assert failures == []
+    assert patient.throttled_total > 0
+
+
 # leader election across processes -------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
