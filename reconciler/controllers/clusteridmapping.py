@@ -28,6 +28,7 @@ from kubernetes_asyncio.client import ApiClient
 from reconciler.controllers.kinds import (
     API_VERSION,
     CIDM_CLUSTER_INDEX,
+    CLUSTER_ID_MAPPING_KIND,
     CLUSTER_ID_MAPPINGS,
     PV_POOL_INDEX,
     VHM_POOL_INDEX,
@@ -253,7 +254,11 @@ class ClusterIDMappingReconciler:
         )
         if transition(obj, ready):
             await self.events.record(
-                obj, ready["status"] != "True", ready["reason"], ready["message"]
+                obj,
+                CLUSTER_ID_MAPPING_KIND,
+                warning=ready["status"] != "True",
+                reason=ready["reason"],
+                message=ready["message"],
             )
         return None
 

@@ -18,6 +18,11 @@ SECRETS = Resource("", "v1", "secrets")
 CLUSTER_ID_MAPPINGS = Resource(GROUP, VERSION, "clusteridmappings", namespaced=False)
 VOLUME_HANDLE_MAPPINGS = Resource(GROUP, VERSION, "volumehandlemappings", namespaced=False)
 
+#: (apiVersion, kind) of the objects Events are about: listed objects carry neither.
+PERSISTENT_VOLUME_KIND = ("v1", "PersistentVolume")
+CLUSTER_ID_MAPPING_KIND = (API_VERSION, "ClusterIDMapping")
+VOLUME_HANDLE_MAPPING_KIND = (API_VERSION, "VolumeHandleMapping")
+
 #: The field manager of every server-side apply, so the API server knows what is ours.
 FIELD_MANAGER = "rbd-mirror-reconciler"
 

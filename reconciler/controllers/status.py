@@ -140,8 +140,15 @@ class EventRecorder:
         self.instance = instance
 
     async def record(
-        self, obj: Mapping[str, Any], warning: bool, reason: str, message: str
+        self,
+        obj: Mapping[str, Any],
+        kind: tuple[str, str],
+        *,
+        warning: bool,
+        reason: str,
+        message: str,
     ) -> None:
+        """An Event about `obj`, whose (apiVersion, kind) is `kind`."""
         metadata = obj["metadata"]
         namespace = metadata.get("namespace") or CLUSTER_EVENTS_NAMESPACE
         stamp = now()
@@ -150,8 +157,8 @@ class EventRecorder:
             "kind": "Event",
             "metadata": {"generateName": f"{metadata['name']}.", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": obj.get("apiVersion", "v1"),
-                "kind": obj.get("kind", ""),
+                "apiVersion": kind[0],
+                "kind": kind[1],
                 "name": metadata["name"],
                 "uid": metadata.get("uid", ""),
                 "resourceVersion": metadata.get("resourceVersion", ""),

@@ -33,9 +33,11 @@ from reconciler.cephconn import ConnectionPool, Credentials
 from reconciler.controllers.clusteridmapping import MappingSpec, mapped_through, usability
 from reconciler.controllers.kinds import (
     API_VERSION,
+    PERSISTENT_VOLUME_KIND,
     PV_CLUSTER_INDEX,
     SECRETS,
     VOLUME_HANDLE_HASH_LABEL,
+    VOLUME_HANDLE_MAPPING_KIND,
     VOLUME_HANDLE_MAPPINGS,
     volume_handle_hash,
 )
@@ -330,8 +332,10 @@ class VolumeReconciler:
                 subresource="status",
             )
         if transition(mapping, ready_condition):
-            for obj in (pv, mapping):
-                await self.events.record(obj, not ready, reason, event_message or message)
+            for obj, kind in ((pv, PERSISTENT_VOLUME_KIND), (mapping, VOLUME_HANDLE_MAPPING_KIND)):
+                await self.events.record(
+                    obj, kind, warning=not ready, reason=reason, message=event_message or message
+                )
 
     async def _ensure_mapping(
         self, pv: KubeObject, existing: KubeObject | None, handle: str

@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
+from reconciler.controllers.kinds import VOLUME_HANDLE_HASH_LABEL, volume_handle_hash
 from reconciler.sandbox import cephcsi
 from reconciler.sandbox.ceph import CSI_USER, SitePair
 from reconciler.sandbox.cephcsi import Provisioned
 from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
-from reconciler.sandbox.process import free_port
+from reconciler.sandbox.process import free_port, poll_until
 from tests.e2e.kubectl import GROUP, REPO, apply, kubectl
 from tests.e2e.support import wait_until
 
@@ -73,6 +74,9 @@ class ControllerProcess:
                 f"127.0.0.1:{free_port()}",
                 "--ceph-timeout",
                 "5",
+                "--leader-elect",
+                "--leader-election-namespace",
+                NAMESPACE,
                 *extra,
             ],
             stdout=log,
@@ -90,6 +94,9 @@ class ControllerProcess:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def current_log(self) -> str:
+        return (self.log_dir / f"controller-{self.starts}.log").read_text(errors="replace")
 
     def log(self) -> str:
         return "\n".join(
@@ -227,11 +234,13 @@ def world(
     """site-b after a failover: volumes mirrored and promoted, ceph-csi's Secret and config in
     place, the RBAC applied and the controller running as its ServiceAccount."""
     work = tmp_path_factory.mktemp("controllers")
-    names = [f"ctl-{n}" for n in ("one", "two", "three", "conflict", *(f"r{i}" for i in range(6)))]
+    names = ["one", "two", "three", "conflict", "jc", "dry", "not-primary"]
     volumes = {
-        name: cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, name) for name in names
+        f"ctl-{n}": cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, f"ctl-{n}")
+        for n in [*names, *(f"r{i}" for i in range(6))]
     }
-    cephcsi.fail_over(ceph_pair, list(volumes.values()))
+    # ctl-not-primary is mirrored but left secondary by the test that needs it.
+    cephcsi.fail_over(ceph_pair, [v for n, v in volumes.items() if n != "ctl-not-primary"])
     kubectl(kube, "create", "namespace", NAMESPACE, check=False)
     rbac_for(kube, work)
     result = apply(kube, secret(ceph_pair), csi_config(ceph_pair))
@@ -286,8 +295,16 @@ def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: Worl
             "csi.imageid": cephcsi.image_id(pair.site_b, pair.pool, volume.image_name).encode(),
             "csi.volume.owner": volume.namespace.encode(),
         }
-        reasons = {e["reason"] for e in events_about(world.kube, name)}
-        assert "JournalRegenerated" in reasons
+        regenerated = [
+            e for e in events_about(world.kube, name) if e["reason"] == "JournalRegenerated"
+        ]
+        kinds = {e["involvedObject"]["kind"] for e in regenerated}
+        assert kinds == {"PersistentVolume", "VolumeHandleMapping"}
+        assert "wrote csi.volname" in regenerated[0]["message"]
+        # The CSI side finds the mapping by old handle with one request selecting one object.
+        selector = f"{VOLUME_HANDLE_HASH_LABEL}%3D{volume_handle_hash(volume.handle)}"
+        found = kube_list(world.kube, f"{API}/volumehandlemappings?labelSelector={selector}")
+        assert [o["metadata"]["name"] for o in found] == [name]
 
 
 def test_kubectl_get_volumehandlemappings_shows_the_outcome(failed_over: World) -> None:
@@ -550,3 +567,99 @@ def test_the_controller_is_denied_what_its_role_does_not_grant(world: World) -> 
         check=False,
     )
     assert result.stdout.strip() == "no"
+
+
+def test_a_journal_conflict_is_terminal_and_writes_nothing(failed_over: World) -> None:
+    world = failed_over
+    pair = world.pair
+    volume = world.volumes["ctl-jc"]
+    stray = str(uuid.uuid4())
+    # Another volume already holds this PV name in site-b's journal.
+    pair.site_b.rados(
+        volume.pool, "setomapval", "csi.volumes.default", f"csi.volume.{volume.pv_name}", stray
+    )
+    world.apply_pvs(volume.pv())
+    mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalConflict")
+    assert f"found {stray!r}, expected {volume.object_uuid!r}" in ready(mapping)["message"]  # type: ignore[index]
+    directory = cephcsi.omap(pair.site_b, volume.pool, "csi.volumes.default") or {}
+    assert directory[f"csi.volume.{volume.pv_name}"] == stray.encode()
+    assert cephcsi.omap(pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}") is None
+
+
+def test_an_image_not_yet_promoted_waits_and_then_converges(failed_over: World) -> None:
+    world = failed_over
+    pair = world.pair
+    volume = world.volumes["ctl-not-primary"]
+    image = f"{volume.pool}/{volume.image_name}"
+    pair.site_a.rbd("mirror", "image", "enable", image, "snapshot")
+    poll_until(
+        lambda: cephcsi.mirror_state(pair.site_b, volume.pool, volume.image_name) == "up+replaying",
+        CONVERGE,
+        f"{image} replaying on site-b",
+    )
+    world.apply_pvs(volume.pv())
+    wait_for_reason(world.kube, world.controller, volume.pv_name, "ImageNotPrimary")
+    assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
+    # Retried with backoff: once the admin promotes the image, the PV converges by itself.
+    pair.site_b.rbd("mirror", "image", "promote", "--force", image)
+    wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
+
+
+def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: World) -> None:
+    world = failed_over
+    volume = world.volumes["ctl-two"]
+    first = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
+    # A PV's handle is immutable: "re-applied" means deleted and created again by name.
+    kubectl(world.kube, "delete", "pv", volume.pv_name)
+    alias = cluster_id_mapping("site-d-to-b", "site-d", siteAPoolID=11)
+    assert apply(world.kube, alias).returncode == 0
+    handle = cephcsi.ceph_csi_handle("site-d", 11, volume.object_uuid)
+    world.apply_pvs(bad_pv(volume, volume.pv_name, handle))
+
+    def updated() -> dict[str, Any] | None:
+        mapping = handle_mapping(world.kube, volume.pv_name)
+        condition = ready(mapping)
+        return (
+            mapping
+            if mapping is not None
+            and mapping["spec"]["volumeHandle"] == handle
+            and condition is not None
+            and condition["status"] == "True"
+            and mapping["status"]["clusterIDMappings"] == ["site-d-to-b"]
+            else None
+        )
+
+    mapping = wait_until(updated, CONVERGE, "ctl-two's mapping updated to the new handle")
+    assert mapping["status"]["newVolumeHandle"] == first["status"]["newVolumeHandle"]
+    pv_uid = world.kube.request("GET", f"/api/v1/persistentvolumes/{volume.pv_name}")["metadata"]
+    assert [o["uid"] for o in mapping["metadata"]["ownerReferences"]] == [pv_uid["uid"]]
+    for old_or_new, count in ((volume.handle, 0), (handle, 1)):
+        selector = f"{VOLUME_HANDLE_HASH_LABEL}%3D{volume_handle_hash(old_or_new)}"
+        assert (
+            len(kube_list(world.kube, f"{API}/volumehandlemappings?labelSelector={selector}"))
+            == count
+        )
+
+
+def test_dry_run_writes_nothing_anywhere(failed_over: World) -> None:
+    world = failed_over
+    pair = world.pair
+    volume = world.volumes["ctl-dry"]
+    world.controller.stop()
+    world.controller.start("--dry-run")
+    try:
+        world.apply_pvs(volume.pv())
+        wait_until(
+            lambda: (
+                "dry run: would regenerate" in world.controller.current_log()
+                and volume.pv_name in world.controller.current_log()
+            ),
+            CONVERGE,
+            "the dry run to plan ctl-dry",
+        )
+        assert handle_mapping(world.kube, volume.pv_name) is None
+        assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
+    finally:
+        world.controller.stop()
+        world.controller.start()
+    wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
