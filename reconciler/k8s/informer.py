@@ -90,6 +90,10 @@ class Event:
 
 
 Handler = Callable[[Event], None]
+# Like client-go's SetTransform: applied to each object before it is stored and handed to
+# handlers, so a cache that reads a few fields of many objects keeps only those. It must keep
+# metadata.name, metadata.namespace and metadata.resourceVersion.
+Transform = Callable[[KubeObject], KubeObject]
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Informer:
         label_selector: str | None = None,
         field_selector: str | None = None,
         indexers: Mapping[str, Indexer] | None = None,
+        transform: Transform | None = None,
         settings: WatchSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -124,6 +129,7 @@ class Informer:
         self.settings = settings or WatchSettings()
         self.path = resource.collection_path(namespace)
         self.store = Store(indexers)
+        self._transform = transform
         self.stats = InformerStats()
         self.last_resource_version = ""
         self._selectors = [
@@ -217,7 +223,7 @@ class Informer:
                 page = await response.json()
             finally:
                 response.release()
-            items.extend(page.get("items") or [])
+            items.extend(map(self._transformed, page.get("items") or []))
             metadata = page.get("metadata", {})
             continue_token = metadata.get("continue", "")
             if not continue_token:
@@ -324,6 +330,7 @@ class Informer:
             self.stats.bookmarks += 1
             self.last_resource_version = resource_version(obj)
             return
+        obj = self._transformed(obj)
         key = object_key(obj)
         if kind == "DELETED":
             old = self.store.delete(key)
@@ -357,6 +364,9 @@ class Informer:
         if error.status == 410:
             raise WatchExpired(self.path, self.last_resource_version, error.message)
         raise error
+
+    def _transformed(self, obj: KubeObject) -> KubeObject:
+        return obj if self._transform is None else self._transform(obj)
 
     def _emit(self, event: Event) -> None:
         self.stats.events[event.type] += 1
