@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from reconciler import __version__
-from reconciler.cli import handle, journal, run, sandbox
+from reconciler.cli import handle, journal, resolve, run, sandbox
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     handle.register(commands)
     journal.register(commands)
+    resolve.register(commands)
     run.register(commands)
     sandbox.register(commands)
     return parser
