@@ -83,7 +83,7 @@ class HandleMapping:
 
     name: str
     volume_handle: str
-    usable_why_not: str
+    why_unusable: str
     """"" when Ready with a complete status; else why the mapping cannot be used."""
     new_volume_handle: str = ""
     cluster_id: str = ""
@@ -104,7 +104,7 @@ def trim_handle_mapping(obj: KubeObject) -> KubeObject:
     status = obj.get("status") or {}
     name = str(metadata["name"])
     entry = HandleMapping(name, str(spec.get("volumeHandle", "")), _why_unusable(obj))
-    if not entry.usable_why_not:
+    if not entry.why_unusable:
         # Pools, clusterIDs and namespaces repeat across thousands of mappings: share them.
         entry = HandleMapping(
             name,
@@ -125,16 +125,24 @@ def trim_handle_mapping(obj: KubeObject) -> KubeObject:
 
 
 def _why_unusable(obj: KubeObject) -> str:
-    if not is_ready(obj):
-        ready = find_condition(obj, READY)
-        if ready is None:
-            return "not reconciled yet"
-        if ready.get("status") == "True":
-            return "its status is for an older generation of its spec"
-        return f"not Ready: {ready.get('reason')}: {ready.get('message')}"
+    why = _why_not_ready(obj)
+    if why:
+        return why
     status = obj.get("status") or {}
     lacking = [f for f in _MAPPED_FIELDS if status.get(f) in (None, "")]
-    return f"Ready but its status lacks {', '.join(lacking)}" if lacking else ""
+    return f"is Ready but its status lacks {', '.join(lacking)}" if lacking else ""
+
+
+def _why_not_ready(obj: KubeObject) -> str:
+    """ "" when Ready for its current generation; else why not, to follow the object's name."""
+    if is_ready(obj):
+        return ""
+    ready = find_condition(obj, READY)
+    if ready is None:
+        return "is not reconciled yet"
+    if ready.get("status") == "True":
+        return "has a status for an older generation of its spec"
+    return f"is not Ready ({ready.get('reason')}: {ready.get('message')})"
 
 
 def index_trimmed_handle(obj: KubeObject) -> list[str]:
@@ -205,13 +213,9 @@ def _why_unused(obj: KubeObject) -> str:
     conflicting = find_condition(obj, CONFLICTING)
     if conflicting is not None and conflicting.get("status") == "True":
         return f"is Conflicting: {conflicting.get('message')}"
-    if not is_ready(obj):
-        ready = find_condition(obj, READY)
-        if ready is None:
-            return "is not reconciled yet"
-        if ready.get("status") == "True":
-            return "has a status for an older generation of its spec"
-        return f"is not Ready ({ready.get('reason')}: {ready.get('message')})"
+    why = _why_not_ready(obj)
+    if why:
+        return why
     status = obj.get("status") or {}
     if not status.get("localClusterID") or not status.get("remoteClusterID"):
         return "is Ready but its status names no local and remote clusterID"
@@ -273,10 +277,10 @@ def resolve(
     entries: list[HandleMapping] = [
         obj[ENTRY] for obj in handle_mappings.by_index(HANDLE_INDEX, handle)
     ]
-    usable = [e for e in entries if not e.usable_why_not]
+    usable = [e for e in entries if not e.why_unusable]
     if usable:
         return _from_handle_mapping(handle, usable, local)
-    missing = [f"VolumeHandleMapping {e.name} is {e.usable_why_not}" for e in entries] or [
+    missing = [f"VolumeHandleMapping {e.name} {e.why_unusable}" for e in entries] or [
         "no VolumeHandleMapping names it"
     ]
     decoded = VolumeHandle.decode(handle)
