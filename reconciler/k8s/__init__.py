@@ -16,7 +16,7 @@ Layers import downwards only:
     manager
     controller, leader, server
     informer, workqueue, client, logs
-    store, ratelimit, metrics, clock, errors
+    store, ratelimit, metrics, clock, errors, tasks
 """
 
 from reconciler.k8s.client import (

@@ -23,6 +23,7 @@ from reconciler.k8s.informer import Event, Informer
 from reconciler.k8s.logs import reconcile_context
 from reconciler.k8s.metrics import RuntimeMetrics
 from reconciler.k8s.ratelimit import RateLimiter
+from reconciler.k8s.tasks import cancel_and_wait, wait_set
 from reconciler.k8s.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,11 @@ class Controller:
         itself cancels in-flight reconciles at once.
         """
         waiting_for_sync = asyncio.create_task(self._wait_synced())
-        stopping = asyncio.create_task(_wait_set(stop))
+        stopping = asyncio.create_task(wait_set(stop))
         try:
             await asyncio.wait({waiting_for_sync, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiting_for_sync.cancel()
-            stopping.cancel()
+            await cancel_and_wait(waiting_for_sync, stopping)
         if stop.is_set():
             self.queue.shut_down()
             return
@@ -117,9 +117,7 @@ class Controller:
         except asyncio.CancelledError:
             # Cancelled from outside (e.g. leadership lost): abandon in-flight work at once.
             self.queue.shut_down()
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await cancel_and_wait(*workers)
             raise
         await self._drain(workers)
 
@@ -130,9 +128,7 @@ class Controller:
         self.queue.shut_down()
         started = time.monotonic()
         _, still_running = await asyncio.wait(workers, timeout=self.settings.shutdown_timeout)
-        for task in still_running:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await cancel_and_wait(*still_running)
         log.info(
             "workers stopped",
             extra={
@@ -192,7 +188,3 @@ class Controller:
         else:
             self._metrics.reconcile_total["success"].inc()
             self.queue.forget(key)
-
-
-async def _wait_set(event: asyncio.Event) -> None:
-    await event.wait()

@@ -26,6 +26,7 @@ from reconciler.k8s.client import request_json
 from reconciler.k8s.clock import MONOTONIC, Clock
 from reconciler.k8s.errors import ApiStatusError, LeadershipLost
 from reconciler.k8s.metrics import RuntimeMetrics
+from reconciler.k8s.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +109,14 @@ class LeaderElector:
         try:
             await asyncio.wait({lead_task, renew_task}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            await _cancel(lead_task, renew_task)
+            await cancel_and_wait(lead_task, renew_task)
             await self._release()
             raise
         if renew_task.done():
-            await _cancel(lead_task)
+            await cancel_and_wait(lead_task)
             self._set_leader(False)
             renew_task.result()  # raises LeadershipLost
-        await _cancel(renew_task)
+        await cancel_and_wait(renew_task)
         await self._release()
         lead_task.result()  # re-raise whatever `lead()` raised
 
@@ -265,9 +266,3 @@ class LeaderElector:
 
 async def _run(lead: Callable[[], Awaitable[None]]) -> None:
     await lead()
-
-
-async def _cancel(*tasks: asyncio.Task[None]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

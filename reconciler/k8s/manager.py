@@ -31,6 +31,7 @@ from reconciler.k8s.metrics import RuntimeMetrics
 from reconciler.k8s.ratelimit import RateLimiter
 from reconciler.k8s.server import HealthServer, ServerSettings
 from reconciler.k8s.store import Indexer
+from reconciler.k8s.tasks import cancel_and_wait, wait_set
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,7 @@ class Manager:
                 raise ended.exception() or RuntimeError(f"{ended.get_name()} ended")
             work.result()
         finally:
-            if not work.done():
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-            for task in informer_tasks:
-                task.cancel()
-            await asyncio.gather(*informer_tasks, return_exceptions=True)
+            await cancel_and_wait(work, *informer_tasks)
             await server.stop()
             self._server = None
             if handle_signals:
@@ -166,15 +162,14 @@ class Manager:
 
     async def _run_elected(self, elector: LeaderElector, stop: asyncio.Event) -> None:
         electing = asyncio.create_task(elector.run(lambda: self._run_controllers(stop)))
-        stopping = asyncio.create_task(stop.wait())
+        stopping = asyncio.create_task(wait_set(stop))
         try:
             await asyncio.wait({electing, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopping.cancel()
+            await cancel_and_wait(stopping)
         if not electing.done() and not elector.is_leader:
             # A follower has nothing to finish: stop waiting for the lease.
-            electing.cancel()
-            await asyncio.gather(electing, return_exceptions=True)
+            await cancel_and_wait(electing)
             return
         # The leader's controllers drain on `stop`, then the elector releases the lease.
         await electing

@@ -320,7 +320,7 @@ async def test_429_from_the_api_server_is_waited_out(
             assert all(e.status == 429 for e in errors), errors
             return errors
 
-        await eventually_async(rejected, 30, "the API server to answer 429 to a burst")
+        await eventually_async(rejected, 60, "the API server to answer 429 to a burst")
         answers = await burst(patient)
     finally:
         await impatient.close()
