@@ -28,12 +28,14 @@ from kubernetes_asyncio.client import CoreV1Api, V1ConfigMap, V1Namespace, V1Obj
 
 from reconciler.k8s.client import ApiSettings, RateLimitedApiClient, make_api_client, request_json
 from reconciler.k8s.controller import ControllerSettings, Result
-from reconciler.k8s.errors import ApiStatusError
+from reconciler.k8s.errors import ApiStatusError, LeadershipLost
 from reconciler.k8s.informer import Event, EventType, Informer, Resource, WatchSettings
-from reconciler.k8s.leader import LeaderElectionSettings
+from reconciler.k8s.leader import LeaderElectionSettings, LeaderElector
 from reconciler.k8s.logs import configure_logging
 from reconciler.k8s.manager import Manager, ManagerSettings
+from reconciler.k8s.metrics import RuntimeMetrics
 from reconciler.k8s.server import ServerSettings
+from reconciler.k8s.tasks import cancel_and_wait
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import free_port
 from tests.e2e.support import report
@@ -442,7 +444,12 @@ async def grant_stamper_rbac(api: RateLimitedApiClient, namespace: str) -> None:
 
 
 async def lease_holder(api: RateLimitedApiClient, namespace: str) -> str:
-    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}"
+    return await lease_holder_of(
+        api, f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}"
+    )
+
+
+async def lease_holder_of(api: RateLimitedApiClient, path: str) -> str:
     try:
         lease = await request_json(api, "GET", path)
     except ApiStatusError as err:
@@ -541,6 +548,53 @@ async def _with_value(
 
 async def _equals(answer: Awaitable[T], expected: T) -> bool:
     return await answer == expected
+
+
+async def test_a_leader_whose_lease_is_taken_stops_leading_within_the_renew_deadline(
+    api: RateLimitedApiClient, namespace: str
+) -> None:
+    metrics = RuntimeMetrics()
+    settings = LeaderElectionSettings(
+        namespace=namespace,
+        name="stolen",
+        identity="victim",
+        lease_duration=LEASE_DURATION,
+        renew_deadline=RENEW_DEADLINE,
+        retry_period=RETRY_PERIOD,
+    )
+    elector = LeaderElector(api, settings, metrics=metrics)
+    leading = asyncio.Event()
+    lead_cancelled = asyncio.Event()
+
+    async def lead() -> None:
+        leading.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            lead_cancelled.set()
+            raise
+
+    election = asyncio.create_task(elector.run(lead))
+    try:
+        await asyncio.wait_for(leading.wait(), 30)
+        status = {"name": "stolen"}
+        assert metrics.registry.get_sample_value("leader_election_master_status", status) == 1
+
+        # Someone else writes the lease (say, an operator by hand): the victim can no longer
+        # renew, and must stop leading once its renew deadline has passed.
+        lease = await request_json(api, "GET", elector.path)
+        lease["spec"]["holderIdentity"] = "intruder"
+        await request_json(api, "PUT", elector.path, lease)
+        stolen_at = time.monotonic()
+        with pytest.raises(LeadershipLost):
+            await asyncio.wait_for(election, RENEW_DEADLINE + 2 * RETRY_PERIOD + 5)
+        assert time.monotonic() - stolen_at >= RENEW_DEADLINE - RETRY_PERIOD
+    finally:
+        await cancel_and_wait(election)
+    assert lead_cancelled.is_set()
+    assert not elector.is_leader
+    assert metrics.registry.get_sample_value("leader_election_master_status", status) == 0
+    assert await lease_holder_of(api, elector.path) == "intruder"
 
 
 # the replica program --------------------------------------------------------------------------
