@@ -195,9 +195,9 @@ class ClusterMappings:
             local = str(status["localClusterID"])
             pools: dict[int, PoolRoute] = {}
             for pool in status.get("rbdPools") or []:
-                local_id = pool.get("localPoolID")
+                local_id = None if pool.get("localPoolID") is None else int(pool["localPoolID"])
                 if local_id is not None:
-                    local_pool_names[(local, int(local_id))] = str(pool["name"])
+                    local_pool_names[(local, local_id)] = str(pool["name"])
                 if pool.get("remotePoolID") is not None:
                     pools[int(pool["remotePoolID"])] = PoolRoute(str(pool["name"]), local_id)
             route = ClusterRoute(name, local, pools)

@@ -244,7 +244,8 @@ class SyncResolver:
         self._resolver.start()
 
     async def _close(self) -> None:
-        if self._resolver is not None:
-            await self._resolver.close()
+        resolver, self._resolver = self._resolver, None
+        if resolver is not None:
+            await resolver.close()
         if self._api_client is not None:
             await self._api_client.close()

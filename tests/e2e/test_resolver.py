@@ -237,6 +237,16 @@ def resolved_as(resolver: Resolver, handle: str, how: str) -> ResolvedVolume | N
     return found if found.how == how else None
 
 
+async def set_csi_config(world: World, resolver: Resolver, clusters: dict[str, list[str]]) -> None:
+    """ceph-csi-config with `clusters`, once the resolver has seen it."""
+    world.set_csi_config(clusters)
+    await within(
+        SYNC_SECONDS,
+        lambda: all(c in resolver.local_clusters.clusters for c in clusters),
+        "the resolver to see ceph-csi-config",
+    )
+
+
 def not_found(resolver: Resolver, handle: str) -> VolumeNotFound | None:
     try:
         resolver.resolve_cached(handle)
@@ -252,7 +262,7 @@ async def test_a_mapping_resolves_within_a_second_of_ready_and_stops_within_one_
     api: RateLimitedApiClient, world: World, resolver: Resolver, request: pytest.FixtureRequest
 ) -> None:
     local = unique("here")
-    world.set_csi_config({local: ["192.0.2.1:6789"]})
+    await set_csi_config(world, resolver, {local: ["192.0.2.1:6789"]})
     old = handle(unique("gone"), 2)
     new = VolumeHandle(local, 5, VolumeHandle.decode(old).object_uuid)
     name = unique("pv")
@@ -301,7 +311,7 @@ async def test_a_cluster_mapping_alone_resolves_and_says_so(
     api: RateLimitedApiClient, world: World, resolver: Resolver
 ) -> None:
     local, remote = unique("here"), unique("gone")
-    world.set_csi_config({local: ["192.0.2.2:6789"]})
+    await set_csi_config(world, resolver, {local: ["192.0.2.2:6789"]})
     old = handle(remote, 2)
     name = unique("cidm")
     await create_ready_cluster_mapping(api, name, remote, local, remote_pool=2, local_pool=7)
