@@ -103,12 +103,15 @@ def trim_handle_mapping(obj: KubeObject) -> KubeObject:
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     name = str(metadata["name"])
-    entry = HandleMapping(name, str(spec.get("volumeHandle", "")), _why_unusable(obj))
-    if not entry.why_unusable:
+    old_handle = str(spec.get("volumeHandle", ""))
+    why_unusable = _why_unusable(obj)
+    if why_unusable:
+        entry = HandleMapping(name, old_handle, why_unusable)
+    else:
         # Pools, clusterIDs and namespaces repeat across thousands of mappings: share them.
         entry = HandleMapping(
             name,
-            entry.volume_handle,
+            old_handle,
             "",
             new_volume_handle=str(status["newVolumeHandle"]),
             cluster_id=sys.intern(str(status["clusterID"])),
@@ -134,7 +137,7 @@ def _why_unusable(obj: KubeObject) -> str:
 
 
 def _why_not_ready(obj: KubeObject) -> str:
-    """ "" when Ready for its current generation; else why not, to follow the object's name."""
+    """Why `obj` is not Ready for its current generation, to follow its name; "" when it is."""
     if is_ready(obj):
         return ""
     ready = find_condition(obj, READY)

@@ -3,11 +3,14 @@ local, what makes a mapping unusable, and that "not found" names everything it l
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 
+from reconciler.controllers.kinds import VOLUME_HANDLE_MAPPINGS
 from reconciler.csi import LocalClusterNotConfigured, ResolvedVolume, VolumeNotFound
 from reconciler.csi.resolution import (
     ENTRY,
@@ -20,7 +23,8 @@ from reconciler.csi.resolution import (
 )
 from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
-from reconciler.k8s import KubeObject, Store
+from reconciler.k8s import Informer, KubeObject, Store
+from tests.unit.listwatch_server import ListWatchServer, serving
 
 UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
 OLD = VolumeHandle("site-a", 2, UUID).encode()
@@ -248,3 +252,33 @@ def test_ready_handle_mappings_that_disagree_are_used_for_neither() -> None:
 def test_a_malformed_handle_no_mapping_names_is_invalid() -> None:
     with pytest.raises(InvalidHandle):
         resolve("not-a-handle", store_of(), ClusterMappings(), csi_config("site-b"))
+
+
+async def test_the_informer_stores_mappings_trimmed_and_indexed_through_changes() -> None:
+    """The transform applies to listed objects and to watch events alike."""
+    server = ListWatchServer()
+    listed = handle_mapping("pv-1", condition=ready_condition(False, "ImageNotPrimary"))
+    server.list_page([listed], rv="7")
+    now_ready = handle_mapping("pv-1")
+    now_ready["metadata"]["resourceVersion"] = "8"
+    server.watch({"type": "MODIFIED", "object": now_ready})
+    async with serving(server) as api:
+        informer = Informer(
+            api,
+            VOLUME_HANDLE_MAPPINGS,
+            indexers={HANDLE_INDEX: index_trimmed_handle},
+            transform=trim_handle_mapping,
+        )
+        task = asyncio.create_task(informer.run())
+        try:
+            deadline = time.monotonic() + 10
+            while informer.last_resource_version != "8":
+                assert time.monotonic() < deadline, "the MODIFIED event never arrived"
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    [stored] = informer.store.by_index(HANDLE_INDEX, OLD)
+    assert set(stored) == {"metadata", ENTRY}
+    assert stored[ENTRY].why_unusable == ""
+    assert stored[ENTRY].new_volume_handle == NEW
