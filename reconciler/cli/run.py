@@ -196,7 +196,7 @@ def wire(manager: Manager, args: argparse.Namespace, connections: ConnectionPool
     pv_controller.watch(volumes)
     pv_controller.watch(mappings, pv_reconciler.volumes_of_mapping)
     pv_controller.watch(handle_mappings, pv_reconciler.volume_of_deleted_mapping)
-    pv_controller.watch(csi_config, _nothing)  # only so that it is synced before the first PV
+    pv_controller.watch(csi_config, _no_keys)  # only so that it is synced before the first PV
 
     if args.dry_run:
         return  # the other controllers only write
@@ -244,5 +244,5 @@ def config_map_informer(manager: Manager, namespace: str, name: str) -> Informer
     )
 
 
-def _nothing(_: Any) -> list[str]:
+def _no_keys(_: Any) -> list[str]:
     return []

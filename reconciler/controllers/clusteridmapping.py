@@ -133,6 +133,17 @@ def disagreement(one: MappingSpec, other: MappingSpec) -> str | None:
     return None
 
 
+def reconciled(obj: Mapping[str, Any]) -> bool:
+    """Whether the mapping's status describes its current spec."""
+    status = obj.get("status") or {}
+    return bool(status.get("observedGeneration") == obj["metadata"].get("generation"))
+
+
+def mapping_pending(mappings: Informer, cluster_id: str) -> bool:
+    """Whether a mapping naming `cluster_id` awaits its reconcile: its status is not an answer."""
+    return not all(reconciled(c) for c in mappings.store.by_index(CIDM_CLUSTER_INDEX, cluster_id))
+
+
 def mapped_through(mappings: Informer, cluster_id: str, local_cluster_id: str) -> list[str]:
     """Names of the Ready mappings that map remote `cluster_id` to the local cluster.
 
@@ -152,21 +163,23 @@ def mapped_through(mappings: Informer, cluster_id: str, local_cluster_id: str) -
         raise ClusterNotMapped(cluster_id, "no ClusterIDMapping names it")
     why = []
     for candidate in candidates:
-        ready = find_condition(candidate, READY)
-        state = f"{ready['reason']}: {ready['message']}" if ready else "not reconciled yet"
-        why.append(f"ClusterIDMapping {candidate['metadata']['name']} is not Ready ({state})")
+        ready = find_condition(candidate, READY) or {}
+        why.append(
+            f"ClusterIDMapping {candidate['metadata']['name']} is not Ready "
+            f"({ready.get('reason')}: {ready.get('message')})"
+        )
     raise ClusterNotMapped(cluster_id, "; ".join(why))
 
 
-def usability(obj: KubeObject | None) -> tuple[bool, str, str]:
-    """What the PV controller reads of a mapping; PVs are re-queued only when this changes."""
-    if obj is None:
-        return (False, "", "")
+def usability(obj: KubeObject) -> tuple[bool, str, str, str]:
+    """What the PV controller reads of a mapping (the reason goes into PVs' ClusterNotMapped
+    messages); PVs are re-queued only when this changes, not when pool IDs are learnt."""
     status = obj.get("status") or {}
     return (
         is_ready(obj),
         str(status.get("localClusterID", "")),
         str(status.get("remoteClusterID", "")),
+        str((find_condition(obj, READY) or {}).get("reason", "")),
     )
 
 

@@ -30,7 +30,13 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from reconciler.cephconn import ConnectionPool, Credentials
-from reconciler.controllers.clusteridmapping import MappingSpec, mapped_through, usability
+from reconciler.controllers.clusteridmapping import (
+    MappingSpec,
+    mapped_through,
+    mapping_pending,
+    reconciled,
+    usability,
+)
 from reconciler.controllers.kinds import (
     API_VERSION,
     PERSISTENT_VOLUME_KIND,
@@ -131,11 +137,14 @@ class VolumeReconciler:
     # event -> keys ------------------------------------------------------------------------------
 
     def volumes_of_mapping(self, event: Event) -> list[str]:
-        """The PVs of the remote clusterIDs a ClusterIDMapping names, when its usability changed."""
-        if (
-            event.type is not EventType.DELETED
-            and event.old is not None
-            and usability(event.old) == usability(event.obj)
+        """The PVs of the remote clusterIDs a ClusterIDMapping names, when its usability changed.
+
+        A spec change is only acted on once its status is written: PVs reconciled meanwhile
+        wait (see `reconcile`) rather than flap to ClusterNotMapped and back.
+        """
+        if event.type is not EventType.DELETED and (
+            not reconciled(event.obj)
+            or (event.old is not None and usability(event.old) == usability(event.obj))
         ):
             return []
         spec = MappingSpec.from_object(event.obj)
@@ -178,6 +187,8 @@ class VolumeReconciler:
             if handle.cluster_id == self.settings.local_cluster_id:
                 await self._delete_stale(existing)
                 return None
+            if mapping_pending(self.mappings, handle.cluster_id):
+                return Result(requeue=True)  # its status will say; nothing to record yet
             through = mapped_through(
                 self.mappings, handle.cluster_id, self.settings.local_cluster_id
             )

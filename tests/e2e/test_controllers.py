@@ -105,14 +105,14 @@ class ControllerProcess:
         )
 
 
-def rbac_for(kube: KubeSandbox, work: Path) -> None:
+def rbac_overlay(work: Path) -> Path:
     """config/rbac as a deployment in NAMESPACE would apply it (an overlay sets the namespace)."""
     overlay = work / "rbac-overlay"
     overlay.mkdir()
     # kustomize takes other kustomizations by relative path only.
     rbac = os.path.relpath(REPO / "config" / "rbac", overlay)
     (overlay / "kustomization.yaml").write_text(f"namespace: {NAMESPACE}\nresources:\n  - {rbac}\n")
-    kubectl(kube, "apply", "-k", str(overlay))
+    return overlay
 
 
 def secret(pair: SitePair) -> dict[str, Any]:
@@ -242,7 +242,8 @@ def world(
     # ctl-not-primary is mirrored but left secondary by the test that needs it.
     cephcsi.fail_over(ceph_pair, [v for n, v in volumes.items() if n != "ctl-not-primary"])
     kubectl(kube, "create", "namespace", NAMESPACE, check=False)
-    rbac_for(kube, work)
+    overlay = rbac_overlay(work)
+    kubectl(kube, "apply", "-k", str(overlay))
     result = apply(kube, secret(ceph_pair), csi_config(ceph_pair))
     assert result.returncode == 0, result.stderr
     kubeconfig = kube.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT, create=False)
@@ -252,6 +253,17 @@ def world(
         yield World(ceph_pair, kube, controller, volumes)
     finally:
         controller.stop()
+        # The API server outlives this module: leave it as later modules expect to find it.
+        ours = [
+            pv["metadata"]["name"]
+            for pv in kube_list(kube, "/api/v1/persistentvolumes")
+            if pv["metadata"]["name"].startswith("ctl-")
+        ]
+        if ours:
+            kubectl(kube, "delete", "pv", *ours, "--wait=false")
+        kubectl(kube, "delete", "clusteridmappings", "--all")
+        kubectl(kube, "delete", "-k", str(overlay), "--ignore-not-found")
+        kubectl(kube, "delete", "namespace", NAMESPACE, "--wait=false")
 
 
 @pytest.fixture(scope="module")
@@ -383,9 +395,11 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
     assert "config.json" in config_map["data"]  # ceph-csi's own key is left alone
 
 
-def bad_pv(
+def pv_variant(
     volume: Provisioned, name: str, handle: str | None = None, **changes: Any
 ) -> dict[str, Any]:
+    """`volume`'s PV under another name, with another handle, attributes (None removes one) or
+    Secret name."""
     pv = volume.pv()
     pv["metadata"]["name"] = name
     csi = pv["spec"]["csi"]
@@ -417,20 +431,23 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World
     source = world.volumes["ctl-r5"]
     ghost = str(uuid.uuid4())
     cases = {
-        "ctl-bad-handle": (bad_pv(source, "ctl-bad-handle", "0001-not-a-handle"), "InvalidHandle"),
-        "ctl-no-pool": (bad_pv(source, "ctl-no-pool", pool=None), "InvalidVolume"),
+        "ctl-bad-handle": (
+            pv_variant(source, "ctl-bad-handle", "0001-not-a-handle"),
+            "InvalidHandle",
+        ),
+        "ctl-no-pool": (pv_variant(source, "ctl-no-pool", pool=None), "InvalidVolume"),
         "ctl-no-secret": (
-            bad_pv(source, "ctl-no-secret", secret="no-such-secret"),
+            pv_variant(source, "ctl-no-secret", secret="no-such-secret"),
             "SecretNotFound",
         ),
         "ctl-unmapped": (
-            bad_pv(
+            pv_variant(
                 source, "ctl-unmapped", cephcsi.ceph_csi_handle("site-z", 1, source.object_uuid)
             ),
             "ClusterNotMapped",
         ),
         "ctl-no-image": (
-            bad_pv(
+            pv_variant(
                 source,
                 "ctl-no-image",
                 cephcsi.ceph_csi_handle(SITE_A_ID, 1, ghost),
@@ -477,7 +494,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
 
         condition = wait_until(conflicting, CONVERGE, f"{name} marked Conflicting")
         assert f"in ClusterIDMapping {other}" in condition["message"]
-    world.apply_pvs(bad_pv(volume, volume.pv_name, handle))
+    world.apply_pvs(pv_variant(volume, volume.pv_name, handle))
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "ClusterNotMapped")
     assert "site-c-first is not Ready (Conflicting" in ready(mapping)["message"]  # type: ignore[index]
     assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
@@ -548,25 +565,29 @@ def kube_list(kube: KubeSandbox, path: str) -> list[dict[str, Any]]:
 
 
 def test_the_controller_is_denied_what_its_role_does_not_grant(world: World) -> None:
-    """The ServiceAccount really is confined: a Secret outside its namespace is forbidden."""
-    result = subprocess.run(
-        [
-            "kubectl",
-            "--kubeconfig",
-            str(world.controller.kubeconfig),
-            "auth",
-            "can-i",
-            "get",
-            "secrets",
-            "-n",
-            "kube-system",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.stdout.strip() == "no"
+    """The ServiceAccount really is confined: Secrets are read one by one in its namespace only."""
+
+    def can(*request: str) -> str:
+        result = subprocess.run(
+            [
+                "kubectl",
+                "--kubeconfig",
+                str(world.controller.kubeconfig),
+                "auth",
+                "can-i",
+                *request,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return result.stdout.strip()
+
+    assert can("get", "secrets", "-n", NAMESPACE) == "yes"
+    assert can("get", "secrets", "-n", "kube-system") == "no"
+    assert can("list", "secrets", "-n", NAMESPACE) == "no"
+    assert can("update", "persistentvolumes") == "no"
 
 
 def test_a_journal_conflict_is_terminal_and_writes_nothing(failed_over: World) -> None:
@@ -614,7 +635,7 @@ def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: Wo
     alias = cluster_id_mapping("site-d-to-b", "site-d", siteAPoolID=11)
     assert apply(world.kube, alias).returncode == 0
     handle = cephcsi.ceph_csi_handle("site-d", 11, volume.object_uuid)
-    world.apply_pvs(bad_pv(volume, volume.pv_name, handle))
+    world.apply_pvs(pv_variant(volume, volume.pv_name, handle))
 
     def updated() -> dict[str, Any] | None:
         mapping = handle_mapping(world.kube, volume.pv_name)

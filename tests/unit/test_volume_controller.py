@@ -1,0 +1,170 @@
+"""The PV controller's decisions that need no API server: which PVs it takes, which PVs a
+ClusterIDMapping change re-queues, and that a local PV costs no I/O at all.
+
+The informers here are never run: their stores are filled by hand. The API client is one whose
+every call fails the test, so "no I/O" is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client import ApiClient, Configuration
+
+from reconciler.cephconn import ConnectionPool
+from reconciler.controllers.kinds import (
+    CIDM_CLUSTER_INDEX,
+    CLUSTER_ID_MAPPINGS,
+    CONFIG_MAPS,
+    PERSISTENT_VOLUMES,
+    PV_CLUSTER_INDEX,
+    VOLUME_HANDLE_MAPPINGS,
+    index_cidm_clusters,
+    index_pv_cluster,
+)
+from reconciler.controllers.status import EventRecorder
+from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
+from reconciler.k8s import Event, EventType, Informer, KubeObject
+
+LOCAL = "site-b"
+UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
+
+
+class NoCalls(ApiClient):
+    """An ApiClient that fails the test on any request."""
+
+    async def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        pytest.fail(f"unexpected API call: {args[:2]}")
+
+
+def handle(cluster_id: str, pool_id: int = 2) -> str:
+    return f"0001-{len(cluster_id):04x}-{cluster_id}-{pool_id:016x}-{UUID}"
+
+
+def pv(name: str, cluster_id: str, **csi: Any) -> KubeObject:
+    return {
+        "metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": "1"},
+        "spec": {
+            "claimRef": {"name": f"claim-{name}", "namespace": "apps"},
+            "csi": {
+                "driver": "rbd.csi.ceph.com",
+                "volumeHandle": handle(cluster_id),
+                "volumeAttributes": {"pool": "replicapool"},
+                **csi,
+            },
+        },
+    }
+
+
+def mapping(name: str, site_a: str, *, ready: bool | None, generation: int = 1) -> KubeObject:
+    obj: KubeObject = {
+        "metadata": {"name": name, "generation": generation, "resourceVersion": "1"},
+        "spec": {"siteA": {"clusterID": site_a}, "siteB": {"clusterID": LOCAL}},
+    }
+    if ready is not None:
+        obj["status"] = {
+            "observedGeneration": 1,
+            "localClusterID": LOCAL,
+            "remoteClusterID": site_a,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "reason": "Mapped" if ready else "Conflicting",
+                    "message": "",
+                    "lastTransitionTime": "t",
+                }
+            ],
+        }
+    return obj
+
+
+@pytest.fixture
+async def reconciler() -> AsyncIterator[VolumeReconciler]:
+    api = NoCalls(Configuration())
+    volumes = Informer(api, PERSISTENT_VOLUMES, indexers={PV_CLUSTER_INDEX: index_pv_cluster})
+    mappings = Informer(
+        api, CLUSTER_ID_MAPPINGS, indexers={CIDM_CLUSTER_INDEX: index_cidm_clusters}
+    )
+    for obj in (pv("a-1", "site-a"), pv("a-2", "site-a"), pv("c-1", "site-c"), pv("b-1", LOCAL)):
+        volumes.store.upsert(obj)
+    yield VolumeReconciler(
+        api,
+        volumes=volumes,
+        handle_mappings=Informer(api, VOLUME_HANDLE_MAPPINGS),
+        mappings=mappings,
+        csi_config=Informer(api, CONFIG_MAPS, namespace="ceph-csi"),
+        connections=ConnectionPool(),
+        events=EventRecorder(api, "test"),
+        settings=VolumeSettings(local_cluster_id=LOCAL, csi_config_namespace="ceph-csi"),
+    )
+    await api.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "taken"),
+    [
+        ({}, True),
+        ({"driver": "other.csi.example.com"}, False),
+        ({"volumeAttributes": {"pool": "p", "staticVolume": "true"}}, False),
+        ({"claimRef": None}, False),
+        ({"deletionTimestamp": "2026-01-01T00:00:00Z"}, False),
+    ],
+    ids=["taken", "other-driver", "static", "unclaimed", "deleting"],
+)
+def test_which_pvs_are_taken(
+    reconciler: VolumeReconciler, change: dict[str, Any], taken: bool
+) -> None:
+    obj = pv("x", "site-a")
+    for key, value in change.items():
+        if key == "claimRef":
+            del obj["spec"]["claimRef"]
+        elif key == "deletionTimestamp":
+            obj["metadata"][key] = value
+        else:
+            obj["spec"]["csi"][key] = value
+    assert reconciler.selected(obj) is taken
+
+
+async def test_a_local_pv_costs_no_api_call_and_no_ceph_io(reconciler: VolumeReconciler) -> None:
+    assert await reconciler.reconcile("b-1") is None
+    assert len(reconciler.connections) == 0
+
+
+async def test_a_pv_waits_without_a_condition_while_its_mapping_is_being_reconciled(
+    reconciler: VolumeReconciler,
+) -> None:
+    reconciler.mappings.store.upsert(mapping("m", "site-a", ready=None))
+    result = await reconciler.reconcile("a-1")
+    assert result is not None and result.requeue
+
+
+def event(kind: EventType, obj: KubeObject, old: KubeObject | None = None) -> Event:
+    return Event(kind, obj["metadata"]["name"], obj, old)
+
+
+def test_a_mapping_change_re_queues_only_the_pvs_of_its_remote_cluster(
+    reconciler: VolumeReconciler,
+) -> None:
+    before = mapping("m", "site-a", ready=False)
+    after = mapping("m", "site-a", ready=True)
+    assert reconciler.volumes_of_mapping(event(EventType.MODIFIED, after, before)) == [
+        "a-1",
+        "a-2",
+    ]
+    assert reconciler.volumes_of_mapping(event(EventType.DELETED, after, after)) == ["a-1", "a-2"]
+
+
+def test_a_mapping_change_that_changes_nothing_for_pvs_re_queues_none(
+    reconciler: VolumeReconciler,
+) -> None:
+    ready = mapping("m", "site-a", ready=True)
+    learnt = copy.deepcopy(ready)
+    learnt["status"]["rbdPools"] = [{"name": "replicapool", "remotePoolID": 1}]
+    assert reconciler.volumes_of_mapping(event(EventType.MODIFIED, learnt, ready)) == []
+    # A spec edit not yet reconciled: its status is stale and not acted on.
+    edited = mapping("m", "site-a", ready=True, generation=2)
+    assert reconciler.volumes_of_mapping(event(EventType.MODIFIED, edited, ready)) == []
