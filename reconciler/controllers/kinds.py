@@ -6,7 +6,7 @@ import hashlib
 
 from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
-from reconciler.k8s import KubeObject, Resource
+from reconciler.k8s import KubeObject, Resource, Store
 
 GROUP = "rbdmirror.csi.ceph.io"
 VERSION = "v1alpha1"
@@ -34,6 +34,11 @@ VOLUME_HANDLE_HASH_LABEL = f"{GROUP}/volume-handle-hash"
 def volume_handle_hash(handle: str) -> str:
     """sha224 in hex: 56 characters, within a label value's 63."""
     return hashlib.sha224(handle.encode()).hexdigest()
+
+
+def volume_handle_selector(handle: str) -> str:
+    """The label selector of the one VolumeHandleMapping of old handle `handle` (one request)."""
+    return f"{VOLUME_HANDLE_HASH_LABEL}={volume_handle_hash(handle)}"
 
 
 # Informer indexes: every lookup by a field is one dict access, never a scan of all objects.
@@ -81,6 +86,12 @@ def index_pv_pool(pv: KubeObject) -> list[str]:
 def index_vhm_handle(vhm: KubeObject) -> list[str]:
     handle = (vhm.get("spec") or {}).get("volumeHandle")
     return [handle] if isinstance(handle, str) else []
+
+
+def mapping_for_old_handle(handle_mappings: Store, handle: str) -> KubeObject | None:
+    """The VolumeHandleMapping of old handle `handle` from a cache: one index lookup."""
+    found = handle_mappings.by_index(VHM_HANDLE_INDEX, handle)
+    return found[0] if found else None
 
 
 def index_vhm_pool(vhm: KubeObject) -> list[str]:

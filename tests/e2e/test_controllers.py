@@ -19,17 +19,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-from reconciler.controllers.kinds import VOLUME_HANDLE_HASH_LABEL, volume_handle_hash
+from reconciler.controllers.kinds import volume_handle_selector
 from reconciler.sandbox import cephcsi
 from reconciler.sandbox.ceph import CSI_USER, SitePair
 from reconciler.sandbox.cephcsi import Provisioned
 from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
 from reconciler.sandbox.process import free_port, poll_until
 from tests.e2e.kubectl import GROUP, REPO, apply, kubectl
-from tests.e2e.support import wait_until
+from tests.e2e.support import report, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -237,7 +238,7 @@ def world(
     names = ["one", "two", "three", "conflict", "jc", "dry", "not-primary"]
     volumes = {
         f"ctl-{n}": cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, f"ctl-{n}")
-        for n in [*names, *(f"r{i}" for i in range(6))]
+        for n in [*names, *(f"r{i}" for i in range(8))]
     }
     # ctl-not-primary is mirrored but left secondary by the test that needs it.
     cephcsi.fail_over(ceph_pair, [v for n, v in volumes.items() if n != "ctl-not-primary"])
@@ -314,7 +315,7 @@ def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: Worl
         assert kinds == {"PersistentVolume", "VolumeHandleMapping"}
         assert "wrote csi.volname" in regenerated[0]["message"]
         # The CSI side finds the mapping by old handle with one request selecting one object.
-        selector = f"{VOLUME_HANDLE_HASH_LABEL}%3D{volume_handle_hash(volume.handle)}"
+        selector = quote(volume_handle_selector(volume.handle))
         found = kube_list(world.kube, f"{API}/volumehandlemappings?labelSelector={selector}")
         assert [o["metadata"]["name"] for o in found] == [name]
 
@@ -428,7 +429,7 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World
     world = failed_over
     pair = world.pair
     # Real volumes of site-a's, but PVs that are wrong in one way each.
-    source = world.volumes["ctl-r5"]
+    source = world.volumes["ctl-r7"]
     ghost = str(uuid.uuid4())
     cases = {
         "ctl-bad-handle": (
@@ -472,8 +473,8 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World
     key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
     assert key not in world.controller.log()
     # Others are unaffected: a good PV applied now still converges.
-    world.apply_pvs(world.volumes["ctl-r4"].pv())
-    wait_for_reason(world.kube, world.controller, "ctl-r4", "JournalRegenerated")
+    world.apply_pvs(world.volumes["ctl-r6"].pv())
+    wait_for_reason(world.kube, world.controller, "ctl-r6", "JournalRegenerated")
 
 
 def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_over: World) -> None:
@@ -519,11 +520,11 @@ def test_deleting_the_pv_deletes_its_mapping(failed_over: World) -> None:
 
 
 def test_a_restart_midway_converges_without_duplicates_or_second_writes(
-    failed_over: World,
+    failed_over: World, request: pytest.FixtureRequest
 ) -> None:
     world = failed_over
     pair = world.pair
-    names = [f"ctl-r{i}" for i in range(4)]
+    names = [f"ctl-r{i}" for i in range(6)]
     world.controller.stop()
     world.controller.start("--workers", "1")
     world.apply_pvs(*(world.volumes[n].pv() for n in names))
@@ -535,9 +536,11 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
             if (c := ready(handle_mapping(world.kube, n))) and c["status"] == "True"
         ]
 
-    wait_until(some_ready, CONVERGE, "a first PV to converge")
+    # One worker and a quick poll: killed after the first PV, the others are still to do.
+    wait_until(some_ready, CONVERGE, "a first PV to converge", interval=0.05)
     world.controller.stop(signal.SIGKILL)  # mid-way: no graceful anything
     converged = some_ready()
+    report(request.config, f"\nrestart mid-way: {len(converged)} of {len(names)} PVs converged")
     before = {
         n: (
             handle_mapping(world.kube, n)["metadata"]["resourceVersion"],  # type: ignore[index]
@@ -655,7 +658,7 @@ def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: Wo
     pv_uid = world.kube.request("GET", f"/api/v1/persistentvolumes/{volume.pv_name}")["metadata"]
     assert [o["uid"] for o in mapping["metadata"]["ownerReferences"]] == [pv_uid["uid"]]
     for old_or_new, count in ((volume.handle, 0), (handle, 1)):
-        selector = f"{VOLUME_HANDLE_HASH_LABEL}%3D{volume_handle_hash(old_or_new)}"
+        selector = quote(volume_handle_selector(old_or_new))
         assert (
             len(kube_list(world.kube, f"{API}/volumehandlemappings?labelSelector={selector}"))
             == count

@@ -21,9 +21,12 @@ from reconciler.controllers.kinds import (
     CONFIG_MAPS,
     PERSISTENT_VOLUMES,
     PV_CLUSTER_INDEX,
+    VHM_HANDLE_INDEX,
     VOLUME_HANDLE_MAPPINGS,
     index_cidm_clusters,
     index_pv_cluster,
+    index_vhm_handle,
+    mapping_for_old_handle,
 )
 from reconciler.controllers.status import EventRecorder
 from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
@@ -94,7 +97,9 @@ async def reconciler() -> AsyncIterator[VolumeReconciler]:
     yield VolumeReconciler(
         api,
         volumes=volumes,
-        handle_mappings=Informer(api, VOLUME_HANDLE_MAPPINGS),
+        handle_mappings=Informer(
+            api, VOLUME_HANDLE_MAPPINGS, indexers={VHM_HANDLE_INDEX: index_vhm_handle}
+        ),
         mappings=mappings,
         csi_config=Informer(api, CONFIG_MAPS, namespace="ceph-csi"),
         connections=ConnectionPool(),
@@ -168,3 +173,14 @@ def test_a_mapping_change_that_changes_nothing_for_pvs_re_queues_none(
     # A spec edit not yet reconciled: its status is stale and not acted on.
     edited = mapping("m", "site-a", ready=True, generation=2)
     assert reconciler.volumes_of_mapping(event(EventType.MODIFIED, edited, ready)) == []
+
+
+def test_a_mapping_is_found_by_old_handle_in_one_index_lookup(
+    reconciler: VolumeReconciler,
+) -> None:
+    store = reconciler.handle_mappings.store
+    for name, cluster_id in (("a-1", "site-a"), ("c-1", "site-c")):
+        store.upsert({"metadata": {"name": name}, "spec": {"volumeHandle": handle(cluster_id)}})
+    found = mapping_for_old_handle(store, handle("site-c"))
+    assert found is not None and found["metadata"]["name"] == "c-1"
+    assert mapping_for_old_handle(store, handle("site-z")) is None
