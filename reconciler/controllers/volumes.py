@@ -204,6 +204,15 @@ class VolumeReconciler:
         if self.settings.dry_run:
             log.info("dry run: would regenerate", extra={"pv": key, **regeneration.to_json()})
             return None
+        if regeneration.written:
+            log.info(
+                "journal written",
+                extra={
+                    "pv": key,
+                    "new_handle": regeneration.new_handle,
+                    "written": regeneration.written,
+                },
+            )
         await self._record_success(pv, existing, regeneration, through)
         return None
 

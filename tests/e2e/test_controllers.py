@@ -539,6 +539,7 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
     # One worker and a quick poll: killed after the first PV, the others are still to do.
     wait_until(some_ready, CONVERGE, "a first PV to converge", interval=0.05)
     world.controller.stop(signal.SIGKILL)  # mid-way: no graceful anything
+    killed_log = world.controller.current_log()
     converged = some_ready()
     report(request.config, f"\nrestart mid-way: {len(converged)} of {len(names)} PVs converged")
     before = {
@@ -555,11 +556,20 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
         wait_for_reason(world.kube, world.controller, name, "JournalRegenerated")
     listed = kube_list(world.kube, f"{API}/volumehandlemappings")
     assert sorted(o["spec"]["pvName"] for o in listed if o["spec"]["pvName"] in names) == names
+    # The killed controller wrote the converged ones' journals; the restarted one wrote none.
+    assert set(converged) <= journal_writes(killed_log)
+    assert not journal_writes(world.controller.current_log()) & set(converged)
     for name, (resource_version, version, journal) in before.items():
         volume = world.volumes[name]
         assert handle_mapping(world.kube, name)["metadata"]["resourceVersion"] == resource_version  # type: ignore[index]
         assert object_version(pair, pair.pool, f"csi.volume.{volume.object_uuid}") == version
         assert journal_of(pair, volume) == journal
+
+
+def journal_writes(log: str) -> set[str]:
+    """The PVs whose journal a controller's JSON log says it wrote."""
+    records = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return {r["pv"] for r in records if r.get("message") == "journal written"}
 
 
 def kube_list(kube: KubeSandbox, path: str) -> list[dict[str, Any]]:
