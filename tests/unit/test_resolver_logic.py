@@ -1,5 +1,6 @@
 """Resolution from cached state, without an API server: the order mapping -> cluster mapping ->
-local, what makes a mapping unusable, and that "not found" names everything it looked for."""
+local, what makes a mapping unusable, and that "not found" names everything it looked for; then
+the resolver's informers against a scripted list/watch server."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from typing import Any
 import pytest
 
 from reconciler.controllers.kinds import VOLUME_HANDLE_MAPPINGS
-from reconciler.csi import LocalClusterNotConfigured, ResolvedVolume, VolumeNotFound
+from reconciler.csi import (
+    LocalClusterNotConfigured,
+    ResolvedVolume,
+    Resolver,
+    ResolverUnavailable,
+    VolumeNotFound,
+)
 from reconciler.csi.resolution import (
     ENTRY,
     HANDLE_INDEX,
@@ -282,3 +289,18 @@ async def test_the_informer_stores_mappings_trimmed_and_indexed_through_changes(
     assert set(stored) == {"metadata", ENTRY}
     assert stored[ENTRY].why_unusable == ""
     assert stored[ENTRY].new_volume_handle == NEW
+
+
+async def test_a_dead_informer_makes_the_resolver_unavailable_not_stale() -> None:
+    server = ListWatchServer()
+    server.list_page([], rv="1")
+    # An object without metadata is a bug no retry fixes: the informer's task ends.
+    server.watch({"type": "ADDED", "object": {"kind": "Broken"}})
+    async with serving(server) as api, Resolver(api, csi_config_namespace="ns") as resolver:
+        await asyncio.wait_for(resolver.wait_synced(), 10)
+        deadline = time.monotonic() + 10
+        while resolver.has_synced():
+            assert time.monotonic() < deadline, "the broken watch event never arrived"
+            await asyncio.sleep(0.01)
+        with pytest.raises(ResolverUnavailable, match="its watch ended"):
+            await resolver.resolve(OLD)
