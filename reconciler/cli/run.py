@@ -35,7 +35,12 @@ from reconciler.controllers.kinds import (
     index_vhm_pool,
 )
 from reconciler.controllers.status import EventRecorder
-from reconciler.controllers.volumes import DEFAULT_DRIVER, VolumeReconciler, VolumeSettings
+from reconciler.controllers.volumes import (
+    DEFAULT_CSI_CONFIG,
+    DEFAULT_DRIVER,
+    VolumeReconciler,
+    VolumeSettings,
+)
 from reconciler.journal import DEFAULT_INSTANCE_ID
 from reconciler.k8s import (
     ApiSettings,
@@ -50,7 +55,6 @@ from reconciler.k8s import (
 )
 from reconciler.k8s.leader import default_identity
 
-DEFAULT_CSI_CONFIG = "ceph-csi-config"
 DEFAULT_CLUSTER_MAPPING_KEY = "cluster-mapping.json"
 
 
@@ -71,8 +75,14 @@ def register(commands: Any) -> None:
         required=True,
         help="this site's clusterID in ceph-csi-config (its monitors are this Ceph cluster)",
     )
-    parser.add_argument("--driver-name", default=DEFAULT_DRIVER, help="default %(default)s")
-    parser.add_argument("--csi-config-name", default=DEFAULT_CSI_CONFIG)
+    parser.add_argument(
+        "--driver-name", default=DEFAULT_DRIVER, help="CSI driver of the PVs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--csi-config-name",
+        default=DEFAULT_CSI_CONFIG,
+        help="ceph-csi's ConfigMap with config.json (default %(default)s)",
+    )
     parser.add_argument(
         "--csi-config-namespace", required=True, help="namespace of ceph-csi-config"
     )
@@ -86,7 +96,11 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--cluster-mapping-namespace", help="its namespace (default: --csi-config-namespace)"
     )
-    parser.add_argument("--cluster-mapping-key", default=DEFAULT_CLUSTER_MAPPING_KEY)
+    parser.add_argument(
+        "--cluster-mapping-key",
+        default=DEFAULT_CLUSTER_MAPPING_KEY,
+        help="its key, as ceph-csi mounts it (default %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=4, help="concurrent PV reconciles")
     parser.add_argument(
         "--legacy-handle-key",
@@ -109,10 +123,16 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--leader-elect", action="store_true", help="hold a Lease while working")
     parser.add_argument("--leader-election-namespace", help="default: --csi-config-namespace")
-    parser.add_argument("--leader-election-name", default="rbd-mirror-reconciler")
-    parser.add_argument("--kube-api-qps", type=float, default=ApiSettings.qps)
-    parser.add_argument("--kube-api-burst", type=int, default=ApiSettings.burst)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--leader-election-name", default="rbd-mirror-reconciler", help="the Lease's name"
+    )
+    parser.add_argument(
+        "--kube-api-qps", type=float, default=ApiSettings.qps, help="sustained API writes a second"
+    )
+    parser.add_argument(
+        "--kube-api-burst", type=int, default=ApiSettings.burst, help="API writes at once"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(func=cmd_run)
 
 

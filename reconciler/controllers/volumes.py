@@ -79,6 +79,7 @@ from reconciler.volume import CSIVolume
 log = logging.getLogger(__name__)
 
 DEFAULT_DRIVER = "rbd.csi.ceph.com"
+DEFAULT_CSI_CONFIG = "ceph-csi-config"
 CSI_CONFIG_KEY = "config.json"
 REGENERATED = "JournalRegenerated"
 #: Status fields that describe a regeneration: kept through a later transient failure of the
@@ -100,7 +101,7 @@ class VolumeSettings:
     local_cluster_id: str
     """This site's clusterID in ceph-csi-config (--local-cluster-id)."""
     csi_config_namespace: str
-    csi_config_name: str = "ceph-csi-config"
+    csi_config_name: str = DEFAULT_CSI_CONFIG
     driver_name: str = DEFAULT_DRIVER
     instance_id: str = DEFAULT_INSTANCE_ID
     """ceph-csi's --instanceid: names the journal's directory object."""
@@ -167,6 +168,7 @@ class VolumeReconciler:
     # reconcile ----------------------------------------------------------------------------------
 
     def selected(self, pv: KubeObject) -> bool:
+        """The configured driver's PVs with a claim, not being deleted, not static volumes."""
         spec = pv.get("spec") or {}
         csi = spec.get("csi") or {}
         return (
