@@ -9,7 +9,8 @@ Order, first answer wins:
    is kept, as regeneration keeps it, so the image is `csi-vol-<uuid>`.
 3. `local`: the handle's clusterID is in the local ceph-csi config: the handle is used as-is.
 
-Monitors always come from the local ceph-csi config, as ceph-csi reads them.
+Monitors always come from the local ceph-csi config, as ceph-csi reads them; the RADOS namespace
+comes from a mapping's status (where the journal was regenerated), else from that config.
 """
 
 from __future__ import annotations
