@@ -67,8 +67,11 @@ test-e2e: setup kube-bins
 test: lint test-unit test-e2e
 
 # Benchmarks print figures with their baseline from the same run; they are not pass/fail tests.
-bench: setup
+bench: setup kube-bins
 	$(PY) bench/bench_regenerate.py
+	$(PY) bench/bench_runtime.py queue
+	$(PY) bench/bench_runtime.py informer
+	$(PY) bench/bench_resolve.py
 
 demo: setup
 	$(VENV)/bin/rbd-mirror-reconciler sandbox demo
