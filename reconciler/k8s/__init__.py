@@ -43,7 +43,15 @@ from reconciler.k8s.errors import (
     WatchClosedEarly,
     WatchExpired,
 )
-from reconciler.k8s.informer import Event, EventType, Handler, Informer, Resource, WatchSettings
+from reconciler.k8s.informer import (
+    Event,
+    EventType,
+    Handler,
+    Informer,
+    Resource,
+    Transform,
+    WatchSettings,
+)
 from reconciler.k8s.leader import LeaderElectionSettings, LeaderElector
 from reconciler.k8s.logs import configure_logging, reconcile_context
 from reconciler.k8s.manager import Manager, ManagerSettings
@@ -96,6 +104,7 @@ __all__ = [
     "Store",
     "TerminalError",
     "TokenBucket",
+    "Transform",
     "WatchClosedEarly",
     "WatchExpired",
     "WatchSettings",

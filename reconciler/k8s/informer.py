@@ -294,10 +294,11 @@ class Informer:
         pending = bytearray()
         delivered = 0
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the read as a separate
+            # task and can lose a cancellation that races with it, leaving the informer running.
             try:
-                chunk = await asyncio.wait_for(
-                    response.content.readany(), self.settings.inactivity_timeout
-                )
+                async with asyncio.timeout(self.settings.inactivity_timeout):
+                    chunk = await response.content.readany()
             except TimeoutError:
                 self.stats.inactivity_restarts += 1
                 log.info(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from kubernetes_asyncio.client import ApiClient
 
 from reconciler.k8s.controller import Controller, ControllerSettings, Reconcile
-from reconciler.k8s.informer import Informer, Resource, WatchSettings
+from reconciler.k8s.informer import Informer, Resource, Transform, WatchSettings
 from reconciler.k8s.leader import LeaderElectionSettings, LeaderElector
 from reconciler.k8s.metrics import RuntimeMetrics
 from reconciler.k8s.ratelimit import RateLimiter
@@ -78,6 +78,7 @@ class Manager:
         label_selector: str | None = None,
         field_selector: str | None = None,
         indexers: Mapping[str, Indexer] | None = None,
+        transform: Transform | None = None,
     ) -> Informer:
         informer = Informer(
             self.api_client,
@@ -86,6 +87,7 @@ class Manager:
             label_selector=label_selector,
             field_selector=field_selector,
             indexers=indexers,
+            transform=transform,
             settings=self.settings.watching,
         )
         self.informers.append(informer)

@@ -131,7 +131,8 @@ class WorkQueue(Generic[K]):
             timeout = self.next_ready_in()
             # Woken by an add/shutdown, or when the earliest parked key falls due.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     def done(self, key: K) -> None:
         """Processing of `key` finished; re-queue it if it was added while being processed."""

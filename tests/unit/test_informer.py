@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from reconciler.k8s.informer import Event, EventType, Informer, Resource, WatchSettings
+from reconciler.k8s.store import KubeObject
+from reconciler.k8s.tasks import cancel_and_wait
 from tests.unit.listwatch_server import ListWatchServer, config_map, serving
 
 CONFIG_MAPS = Resource("", "v1", "configmaps")
@@ -39,8 +41,7 @@ async def informing(
         try:
             yield informer, events
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
 
 async def test_list_is_paginated_then_watched_from_the_lists_version() -> None:
@@ -98,6 +99,29 @@ async def test_410_relists_and_turns_the_difference_into_events() -> None:
     deleted = next(e for e in events if e.type is EventType.DELETED)
     assert deleted.obj["metadata"]["resourceVersion"] == "1"  # the last state the cache had
     assert server.watch_queries[1]["resourceVersion"] == "6"
+
+
+async def test_transform_applies_to_listed_and_watched_objects_before_handlers() -> None:
+    server = ListWatchServer()
+    fat = config_map("a", "1") | {"data": {"keep": "x", "drop": "y" * 1000}}
+    server.list_page([fat], rv="2")
+    server.watch({"type": "MODIFIED", "object": config_map("a", "3") | {"data": {"keep": "z"}}})
+
+    def slim(obj: KubeObject) -> KubeObject:
+        return {"metadata": obj["metadata"], "keep": obj.get("data", {}).get("keep")}
+
+    async with serving(server) as api:
+        informer = Informer(api, CONFIG_MAPS, namespace="ns", transform=slim)
+        events: list[Event] = []
+        informer.add_handler(events.append)
+        task = asyncio.create_task(informer.run())
+        try:
+            await until(lambda: len(events) == 2)
+        finally:
+            await cancel_and_wait(task)
+    assert [e.obj["keep"] for e in events] == ["x", "z"]
+    assert events[1].old == slim(fat)
+    assert informer.store.get("ns/a") == {"metadata": config_map("a", "3")["metadata"], "keep": "z"}
 
 
 def gaps(times: list[float]) -> list[float]:
