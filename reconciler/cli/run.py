@@ -33,6 +33,8 @@ from reconciler.controllers.kinds import (
     index_pv_pool,
     index_vhm_handle,
     index_vhm_pool,
+    pv_trimmer,
+    without_managed_fields,
 )
 from reconciler.controllers.status import EventRecorder
 from reconciler.controllers.volumes import (
@@ -179,10 +181,12 @@ def wire(manager: Manager, args: argparse.Namespace, connections: ConnectionPool
     volumes = manager.informer(
         PERSISTENT_VOLUMES,
         indexers={PV_CLUSTER_INDEX: index_pv_cluster, PV_POOL_INDEX: index_pv_pool},
+        transform=pv_trimmer(args.driver_name),
     )
     handle_mappings = manager.informer(
         VOLUME_HANDLE_MAPPINGS,
         indexers={VHM_HANDLE_INDEX: index_vhm_handle, VHM_POOL_INDEX: index_vhm_pool},
+        transform=without_managed_fields,
     )
     mappings = manager.informer(
         CLUSTER_ID_MAPPINGS, indexers={CIDM_CLUSTER_INDEX: index_cidm_clusters}

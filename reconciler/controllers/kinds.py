@@ -6,7 +6,7 @@ import hashlib
 
 from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
-from reconciler.k8s import KubeObject, Resource, Store
+from reconciler.k8s import KubeObject, Resource, Store, Transform
 
 GROUP = "rbdmirror.csi.ceph.io"
 VERSION = "v1alpha1"
@@ -108,3 +108,35 @@ def index_cidm_clusters(cidm: KubeObject) -> list[str]:
         for side in (spec.get("siteA"), spec.get("siteB"))
         if isinstance(side, dict) and side.get("clusterID")
     ]
+
+
+# Informer transforms: each cached object keeps only what the controllers read, so 10k PVs
+# (of other drivers, or already local) and their managedFields do not fill the memory.
+
+PV_METADATA = ("name", "uid", "resourceVersion", "deletionTimestamp")
+
+
+def pv_trimmer(driver: str) -> Transform:
+    """A PV reduced to its identity, claim and CSI source; other drivers' PVs to their driver."""
+
+    def trim(pv: KubeObject) -> KubeObject:
+        metadata = pv["metadata"]
+        spec = pv.get("spec") or {}
+        csi = spec.get("csi") or {}
+        kept: KubeObject = {"metadata": {k: metadata[k] for k in PV_METADATA if k in metadata}}
+        if csi.get("driver") != driver:
+            kept["spec"] = {"csi": {"driver": csi["driver"]}} if csi else {}
+            return kept
+        kept["spec"] = {"csi": csi}
+        claim = spec.get("claimRef")
+        if claim:
+            kept["spec"]["claimRef"] = {k: claim[k] for k in ("name", "namespace") if k in claim}
+        return kept
+
+    return trim
+
+
+def without_managed_fields(obj: KubeObject) -> KubeObject:
+    """The object without metadata.managedFields (server-side apply's bookkeeping)."""
+    metadata = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    return {**obj, "metadata": metadata}

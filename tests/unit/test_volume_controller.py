@@ -27,10 +27,12 @@ from reconciler.controllers.kinds import (
     index_pv_cluster,
     index_vhm_handle,
     mapping_for_old_handle,
+    pv_trimmer,
 )
 from reconciler.controllers.status import EventRecorder
 from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
 from reconciler.k8s import Event, EventType, Informer, KubeObject
+from reconciler.volume import CSIVolume
 
 LOCAL = "site-b"
 UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
@@ -184,3 +186,25 @@ def test_a_mapping_is_found_by_old_handle_in_one_index_lookup(
     found = mapping_for_old_handle(store, handle("site-c"))
     assert found is not None and found["metadata"]["name"] == "c-1"
     assert mapping_for_old_handle(store, handle("site-z")) is None
+
+
+def test_the_pv_transform_keeps_what_the_controllers_read_and_little_else(
+    reconciler: VolumeReconciler,
+) -> None:
+    full = pv("a-9", "site-a", controllerExpandSecretRef={"name": "s", "namespace": "ns"})
+    full["metadata"] |= {"managedFields": [{"manager": "kubectl"}], "annotations": {"a": "b"}}
+    full["spec"] |= {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"]}
+    full["spec"]["claimRef"] |= {"uid": "u", "resourceVersion": "7"}
+    full["status"] = {"phase": "Available"}
+    trim = pv_trimmer("rbd.csi.ceph.com")
+    kept = trim(copy.deepcopy(full))
+    assert CSIVolume.from_pv(kept) == CSIVolume.from_pv(full)
+    assert reconciler.selected(kept) and kept["metadata"]["uid"] == "uid-a-9"
+    assert "status" not in kept and "managedFields" not in kept["metadata"]
+
+    other = copy.deepcopy(full)
+    other["spec"]["csi"]["driver"] = "other.csi.example.com"
+    assert trim(other) == {
+        "metadata": {"name": "a-9", "uid": "uid-a-9", "resourceVersion": "1"},
+        "spec": {"csi": {"driver": "other.csi.example.com"}},
+    }
