@@ -26,8 +26,7 @@ from typing import Any
 
 from reconciler.k8s.client import ApiSettings, make_api_client, request_json
 from reconciler.k8s.errors import QueueShutDown
-from reconciler.k8s.informer import Informer, Resource
-from reconciler.k8s.store import KubeObject
+from reconciler.k8s.informer import Informer, Resource, strip_managed_fields
 from reconciler.k8s.tasks import cancel_and_wait
 from reconciler.k8s.workqueue import WorkQueue
 from reconciler.sandbox.kube import KubeSandbox
@@ -113,12 +112,6 @@ async def create_config_maps(kubeconfig: Path, namespace: str, count: int) -> fl
         await api.close()
 
 
-def without_managed_fields(obj: KubeObject) -> KubeObject:
-    """The transform most caches can afford: server-side-apply bookkeeping nobody reads."""
-    obj["metadata"].pop("managedFields", None)
-    return obj
-
-
 async def informer_sync(kubeconfig: Path, namespace: str, transform: bool) -> dict[str, Any]:
     """Runs in a fresh process, so the RSS figures are the informer's own."""
     before = rss_mib()
@@ -128,7 +121,7 @@ async def informer_sync(kubeconfig: Path, namespace: str, transform: bool) -> di
         CONFIG_MAPS,
         namespace=namespace,
         indexers={"handle": lambda obj: [obj.get("data", {}).get("volumeHandle", "")]},
-        transform=without_managed_fields if transform else None,
+        transform=strip_managed_fields if transform else None,
     )
     started = time.perf_counter()
     task = asyncio.create_task(informer.run())

@@ -51,6 +51,7 @@ from reconciler.k8s.informer import (
     Resource,
     Transform,
     WatchSettings,
+    strip_managed_fields,
 )
 from reconciler.k8s.leader import LeaderElectionSettings, LeaderElector
 from reconciler.k8s.logs import configure_logging, reconcile_context
@@ -117,4 +118,5 @@ __all__ = [
     "reconcile_context",
     "request_json",
     "split_key",
+    "strip_managed_fields",
 ]

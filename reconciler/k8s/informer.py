@@ -96,6 +96,13 @@ Handler = Callable[[Event], None]
 Transform = Callable[[KubeObject], KubeObject]
 
 
+def strip_managed_fields(obj: KubeObject) -> KubeObject:
+    """A Transform dropping metadata.managedFields (server-side-apply bookkeeping that readers
+    of a cache rarely need): about half the memory of small objects such as ConfigMaps."""
+    obj["metadata"].pop("managedFields", None)
+    return obj
+
+
 @dataclass
 class InformerStats:
     """Counters for logs, tests and benchmarks."""

@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from reconciler.k8s.informer import Event, EventType, Informer, Resource, WatchSettings
+from reconciler.k8s.informer import (
+    Event,
+    EventType,
+    Informer,
+    Resource,
+    WatchSettings,
+    strip_managed_fields,
+)
 from reconciler.k8s.store import KubeObject
 from reconciler.k8s.tasks import cancel_and_wait
 from tests.unit.listwatch_server import ListWatchServer, config_map, serving
@@ -122,6 +129,16 @@ async def test_transform_applies_to_listed_and_watched_objects_before_handlers()
     assert [e.obj["keep"] for e in events] == ["x", "z"]
     assert events[1].old == slim(fat)
     assert informer.store.get("ns/a") == {"metadata": config_map("a", "3")["metadata"], "keep": "z"}
+
+
+def test_strip_managed_fields_keeps_everything_else() -> None:
+    obj = config_map("a", "1")
+    obj["metadata"]["managedFields"] = [{"manager": "kubectl", "operation": "Apply"}]
+    obj["data"] = {"k": "v"}
+    assert strip_managed_fields(obj) == {
+        "metadata": config_map("a", "1")["metadata"],
+        "data": {"k": "v"},
+    }
 
 
 def gaps(times: list[float]) -> list[float]:
