@@ -101,9 +101,7 @@ class Running:
         return task
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(*self.tasks)
 
 
 @pytest.fixture
