@@ -85,9 +85,6 @@ class Controller:
         for key in keys:
             self.queue.add(key)
 
-    def has_synced(self) -> bool:
-        return all(informer.has_synced() for informer in self._informers)
-
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile until `stop` is set, then drain gracefully.
 
