@@ -173,6 +173,18 @@ def ready(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     return next((c for c in conditions if c["type"] == "Ready"), None)
 
 
+def ready_of(obj: dict[str, Any] | None) -> dict[str, Any]:
+    """The Ready condition `obj` must have."""
+    condition = ready(obj)
+    assert condition is not None, f"no Ready condition on {obj!r}"
+    return condition
+
+
+def existing(obj: dict[str, Any] | None) -> dict[str, Any]:
+    assert obj is not None
+    return obj
+
+
 def wait_for_reason(
     kube: KubeSandbox, controller: ControllerProcess, pv_name: str, reason: str
 ) -> dict[str, Any]:
@@ -294,7 +306,7 @@ def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: Worl
         )
         assert status["imageName"] == volume.image_name
         assert status["clusterIDMappings"] == ["site-a-to-b"]
-        assert status["readySince"] == ready(mapping)["lastTransitionTime"]  # type: ignore[index]
+        assert status["readySince"] == ready_of(mapping)["lastTransitionTime"]
         assert mapping["spec"] == {"pvName": name, "volumeHandle": volume.handle}
         owner = mapping["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"]) == ("PersistentVolume", name)
@@ -376,7 +388,7 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
             "remotePoolIDSource": "VolumeHandle",
         }
     ]
-    assert ready(cidm)["reason"] == "Mapped"  # type: ignore[index]
+    assert ready_of(cidm)["reason"] == "Mapped"
 
     def rendered() -> str | None:
         config_map = get(world.kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}")
@@ -460,11 +472,11 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World
     world.apply_pvs(*(pv for pv, _ in cases.values()))
     for name, (_, reason) in cases.items():
         mapping = wait_for_reason(world.kube, world.controller, name, reason)
-        assert ready(mapping)["status"] == "False"  # type: ignore[index]
+        assert ready_of(mapping)["status"] == "False"
         assert "newVolumeHandle" not in mapping["status"]
         warnings = [e for e in events_about(world.kube, name) if e["type"] == "Warning"]
         assert reason in {e["reason"] for e in warnings}
-    message = ready(handle_mapping(world.kube, "ctl-unmapped"))["message"]  # type: ignore[index]
+    message = ready_of(handle_mapping(world.kube, "ctl-unmapped"))["message"]
     assert "'site-z' is neither local nor mapped: no ClusterIDMapping names it" in message
     for name in cases:
         assert nothing_written_for(pair, name, source.object_uuid)
@@ -497,7 +509,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
         assert f"in ClusterIDMapping {other}" in condition["message"]
     world.apply_pvs(pv_variant(volume, volume.pv_name, handle))
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "ClusterNotMapped")
-    assert "site-c-first is not Ready (Conflicting" in ready(mapping)["message"]  # type: ignore[index]
+    assert "site-c-first is not Ready (Conflicting" in ready_of(mapping)["message"]
     assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
 
     fixed = cluster_id_mapping("site-c-second", "site-c", siteAPoolID=pool_c)
@@ -505,7 +517,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
     assert sorted(mapping["status"]["clusterIDMappings"]) == ["site-c-first", "site-c-second"]
     for name in ("site-c-first", "site-c-second"):
-        assert ready(get(world.kube, f"{API}/clusteridmappings/{name}"))["reason"] == "Mapped"  # type: ignore[index]
+        assert ready_of(get(world.kube, f"{API}/clusteridmappings/{name}"))["reason"] == "Mapped"
 
 
 def test_deleting_the_pv_deletes_its_mapping(failed_over: World) -> None:
@@ -544,7 +556,7 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
     report(request.config, f"\nrestart mid-way: {len(converged)} of {len(names)} PVs converged")
     before = {
         n: (
-            handle_mapping(world.kube, n)["metadata"]["resourceVersion"],  # type: ignore[index]
+            existing(handle_mapping(world.kube, n))["metadata"]["resourceVersion"],
             object_version(pair, pair.pool, f"csi.volume.{world.volumes[n].object_uuid}"),
             journal_of(pair, world.volumes[n]),
         )
@@ -561,7 +573,10 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
     assert not journal_writes(world.controller.current_log()) & set(converged)
     for name, (resource_version, version, journal) in before.items():
         volume = world.volumes[name]
-        assert handle_mapping(world.kube, name)["metadata"]["resourceVersion"] == resource_version  # type: ignore[index]
+        assert (
+            existing(handle_mapping(world.kube, name))["metadata"]["resourceVersion"]
+            == resource_version
+        )
         assert object_version(pair, pair.pool, f"csi.volume.{volume.object_uuid}") == version
         assert journal_of(pair, volume) == journal
 
@@ -614,7 +629,7 @@ def test_a_journal_conflict_is_terminal_and_writes_nothing(failed_over: World) -
     )
     world.apply_pvs(volume.pv())
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalConflict")
-    assert f"found {stray!r}, expected {volume.object_uuid!r}" in ready(mapping)["message"]  # type: ignore[index]
+    assert f"found {stray!r}, expected {volume.object_uuid!r}" in ready_of(mapping)["message"]
     directory = cephcsi.omap(pair.site_b, volume.pool, "csi.volumes.default") or {}
     assert directory[f"csi.volume.{volume.pv_name}"] == stray.encode()
     assert cephcsi.omap(pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}") is None
