@@ -1,27 +1,33 @@
-"""`make demo`: a real failover on a local Ceph pair, then the journal regenerated on site-b.
+"""`make demo`: a real failover on a local Ceph pair and API server, repaired by the controller.
 
 Every step runs real daemons: ceph-csi's provisioning is replayed on site-a, the real rbd-mirror
-daemon replicates the images, site-b is promoted and site-a is stopped, and the product rebuilds
-ceph-csi's journal on site-b, with site-a gone, as an admin would with `journal regenerate`.
+daemon replicates the images, site-b is promoted and site-a is stopped; then, on site-b's
+Kubernetes (a real kube-apiserver), the admin applies the static PVs with their old handles and a
+ClusterIDMapping, and `rbd-mirror-reconciler run`, under its own ServiceAccount and RBAC, rebuilds
+ceph-csi's journal on site-b and records a VolumeHandleMapping per PV.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from reconciler.cephconn import ConnectionPool, Credentials
-from reconciler.regenerate import LocalCluster, Regeneration, regenerate
-from reconciler.sandbox import cephcsi
+from reconciler.sandbox import cephcsi, site
 from reconciler.sandbox.ceph import CSI_USER, SitePair, start_pair
-from reconciler.volume import CSIVolume
+from reconciler.sandbox.errors import SandboxError
+from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.process import poll_until, run
 
 SITE_A_ID = "site-a"
 SITE_B_ID = "site-b"
+NAMESPACE = "rook-ceph"  # where Provisioned.pv()'s Secret reference points
+SECRET = "rook-csi-rbd-provisioner"
 VOLUMES = 3
+CONVERGE_SECONDS = 120
 
 
 def step(text: str) -> None:
@@ -30,16 +36,21 @@ def step(text: str) -> None:
 
 def run_demo(base_dir: Path | None = None) -> int:
     began = time.monotonic()
-    step("Starting two real Ceph sites mirrored by rbd-mirror (about 20 s)")
-    pair = start_pair(base_dir or Path(tempfile.mkdtemp(prefix="rbd-mirror-demo-")))
+    base = base_dir or Path(tempfile.mkdtemp(prefix="rbd-mirror-demo-"))
+    step("Starting two real Ceph sites mirrored by rbd-mirror, and site-b's Kubernetes API")
+    pair = start_pair(base / "ceph")
     try:
-        return _failover(pair, began)
+        with KubeSandbox(base / "kube") as kube:
+            print(
+                f"   Ceph pair in {pair.started_in:.0f} s, API server in {kube.start_seconds:.0f} s"
+            )
+            return _failover(pair, kube, base, began)
     finally:
         pair.stop()
-        print(f"\nAll daemons stopped; logs and state kept in {pair.base_dir}")
+        print(f"\nAll daemons stopped; logs and state kept in {base}")
 
 
-def _failover(pair: SitePair, began: float) -> int:
+def _failover(pair: SitePair, kube: KubeSandbox, base: Path, began: float) -> int:
     pool = pair.pool
     id_a, id_b = pair.site_a.pool_id(pool), pair.site_b.pool_id(pool)
     print(f"   pool {pool!r}: ID {id_a} on site-a, ID {id_b} on site-b (they differ, as in DR)")
@@ -53,53 +64,132 @@ def _failover(pair: SitePair, began: float) -> int:
 
     step("rbd-mirror replicates the images to site-b; site-b is promoted (up to a minute)")
     cephcsi.fail_over(pair, volumes)
-    print("   images replaying on site-b, then force-promoted there")
     journal_objects = cephcsi.objects(pair.site_b, pool, "csi.volume")
     print(f"   ceph-csi journal objects on site-b: {len(journal_objects)} (OMAP is not mirrored)")
 
     step("Disaster: site-a goes dark (all its daemons stopped)")
     pair.site_a.stop()
 
-    step("Regenerating the journal on site-b, first as a dry run, then for real")
-    results = asyncio.run(_regenerate_all(pair, volumes))
-    for dry, done, again in results:
-        print(f"   {done.old_handle}\n-> {done.new_handle}")
-        print(f"   dry run planned {len(dry.written)} keys; wrote {done.written}")
-        print(f"   second run wrote {again.written or 'nothing (converged)'}")
-    if any(again.written for _, _, again in results):
-        print("demo: FAILED, a second run wrote again")
-        return 1
+    step(
+        "On site-b's Kubernetes the admin applies CRDs, RBAC, ceph-csi's Secret and config, "
+        "a ClusterIDMapping and the static PVs with their old handles"
+    )
+    cfg = kube.kubeconfig
+    site.install_crds(cfg)
+    site.install_rbac(cfg, NAMESPACE, base)
+    key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    site.apply(
+        cfg,
+        site.ceph_csi_secret(SECRET, NAMESPACE, CSI_USER, key),
+        site.ceph_csi_config(NAMESPACE, {SITE_B_ID: pair.site_b.monitors}),
+        site.cluster_id_mapping("site-a-site-b", SITE_A_ID, SITE_B_ID, [pool]),
+        *(v.pv() for v in volumes),
+    )
+
+    step("The controller runs as its ServiceAccount: `rbd-mirror-reconciler run`")
+    controller = site.ControllerProcess(
+        kubeconfig=kube.service_account_kubeconfig(NAMESPACE, site.SERVICE_ACCOUNT, create=False),
+        log_dir=base,
+        local_cluster_id=SITE_B_ID,
+        namespace=NAMESPACE,
+        extra_args=["--cluster-mapping-configmap", "ceph-csi-config"],
+    )
+    controller.start()
+    try:
+        return _converge(pair, kube, controller, volumes, began)
+    finally:
+        controller.stop()
+
+
+def _mappings(kubeconfig: Path) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(
+        site.kubectl(kubeconfig, "get", "volumehandlemappings", "-o", "json")
+    )["items"]
+    return items
+
+
+def _ready(mapping: dict[str, Any]) -> bool:
+    conditions = (mapping.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _converge(
+    pair: SitePair,
+    kube: KubeSandbox,
+    controller: site.ControllerProcess,
+    volumes: list[cephcsi.Provisioned],
+    began: float,
+) -> int:
+    cfg = kube.kubeconfig
+    waited = time.monotonic()
+    try:
+        poll_until(
+            lambda: sum(_ready(m) for m in _mappings(cfg)) == len(volumes),
+            CONVERGE_SECONDS,
+            f"{len(volumes)} Ready VolumeHandleMappings",
+        )
+    except SandboxError:
+        print(controller.logs())
+        raise
+    print(f"   all Ready {time.monotonic() - waited:.1f} s after the controller started\n")
+    print(site.kubectl(cfg, "get", "volumehandlemappings", "-o", "wide"))
 
     sample = volumes[0]
+    step(f"A CSI driver given {sample.pv_name}'s old handle resolves it locally")
+    print(
+        run(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "resolve",
+                sample.handle,
+                "--kubeconfig",
+                str(cfg),
+                "--csi-config-namespace",
+                NAMESPACE,
+                "-o",
+                "table",
+            ]
+        )
+    )
+
     step(f"site-b's journal for {sample.pv_name}, as ceph-csi reads it")
-    directory = cephcsi.omap(pair.site_b, pool, "csi.volumes.default") or {}
-    per_volume = cephcsi.omap(pair.site_b, pool, f"csi.volume.{sample.object_uuid}") or {}
-    shown = {
-        "csi.volumes.default": {
-            k: v.decode() for k, v in directory.items() if k.endswith(sample.pv_name)
-        },
-        f"csi.volume.{sample.object_uuid}": {k: v.decode() for k, v in per_volume.items()},
-    }
-    print(json.dumps(shown, indent=2))
+    directory = cephcsi.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
+    per_volume = cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{sample.object_uuid}") or {}
+    print(
+        json.dumps(
+            {
+                "csi.volumes.default": {
+                    k: v.decode() for k, v in directory.items() if k.endswith(sample.pv_name)
+                },
+                f"csi.volume.{sample.object_uuid}": {k: v.decode() for k, v in per_volume.items()},
+            },
+            indent=2,
+        )
+    )
+
+    step("ceph-csi's own cluster-mapping.json, rendered from the ClusterIDMapping")
+    print(
+        site.kubectl(
+            cfg,
+            "get",
+            "configmap",
+            "ceph-csi-config",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.data.cluster-mapping\\.json}",
+        )
+    )
+
+    step(f"Deleting PV {sample.pv_name}: its VolumeHandleMapping goes with it")
+    site.kubectl(cfg, "delete", "pv", sample.pv_name)
+    poll_until(
+        lambda: sample.pv_name not in {m["metadata"]["name"] for m in _mappings(cfg)},
+        60,
+        f"{sample.pv_name}'s mapping to be garbage-collected",
+    )
+    print("   gone")
     print(f"\ndemo: OK in {time.monotonic() - began:.0f} s")
     return 0
-
-
-async def _regenerate_all(
-    pair: SitePair, volumes: list[cephcsi.Provisioned]
-) -> list[tuple[Regeneration, Regeneration, Regeneration]]:
-    key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
-    connections = ConnectionPool()
-    local = LocalCluster(SITE_B_ID)
-    try:
-        ceph = await connections.get(pair.site_b.monitors, Credentials(CSI_USER, key))
-        results = []
-        for provisioned in volumes:
-            volume = CSIVolume.from_pv(provisioned.pv())
-            dry = await regenerate(ceph, volume, local, dry_run=True)
-            done = await regenerate(ceph, volume, local)
-            again = await regenerate(ceph, volume, local)
-            results.append((dry, done, again))
-        return results
-    finally:
-        await connections.close()

@@ -1,0 +1,158 @@
+"""The surviving site's Kubernetes side of a failover, as an admin sets it up: the project's CRDs
+and RBAC, ceph-csi's Secret and config, a ClusterIDMapping, the re-applied static PVs, and the
+controller running as its own ServiceAccount. Shared by the demo and the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.sandbox.errors import CommandFailed
+from reconciler.sandbox.process import free_port, run
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP = "rbdmirror.csi.ceph.io"
+CRDS = (f"clusteridmappings.{GROUP}", f"volumehandlemappings.{GROUP}")
+SERVICE_ACCOUNT = "rbd-mirror-reconciler"
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    return run(["kubectl", "--kubeconfig", str(kubeconfig), *args], input_text=stdin, timeout=90)
+
+
+def apply(kubeconfig: Path, *manifests: dict[str, Any]) -> str:
+    return kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
+
+
+def install_crds(kubeconfig: Path) -> None:
+    """crds/ applied with kustomize, waited for until Established."""
+    kubectl(kubeconfig, "apply", "-k", str(REPO / "crds"))
+    kubectl(
+        kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{crd}" for crd in CRDS),
+    )
+
+
+def install_rbac(kubeconfig: Path, namespace: str, work: Path) -> Path:
+    """config/rbac as a deployment into `namespace` applies it; returns the overlay used."""
+    overlay = work / "rbac-overlay"
+    overlay.mkdir(parents=True, exist_ok=True)
+    # kustomize takes other kustomizations by relative path only.
+    rbac = os.path.relpath(REPO / "config" / "rbac", overlay)
+    (overlay / "kustomization.yaml").write_text(f"namespace: {namespace}\nresources:\n  - {rbac}\n")
+    try:
+        kubectl(kubeconfig, "create", "namespace", namespace)
+    except CommandFailed as err:
+        if "AlreadyExists" not in str(err):
+            raise
+    kubectl(kubeconfig, "apply", "-k", str(overlay))
+    return overlay
+
+
+def ceph_csi_secret(name: str, namespace: str, user: str, key: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {
+            "userID": base64.b64encode(user.encode()).decode(),
+            "userKey": base64.b64encode(key.encode()).decode(),
+        },
+    }
+
+
+def ceph_csi_config(
+    namespace: str, clusters: dict[str, str], name: str = "ceph-csi-config"
+) -> dict[str, Any]:
+    """ceph-csi's ConfigMap for `clusters` (clusterID -> comma-separated monitors)."""
+    entries = [{"clusterID": cid, "monitors": mons.split(",")} for cid, mons in clusters.items()]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"config.json": json.dumps(entries)},
+    }
+
+
+def cluster_id_mapping(name: str, site_a: str, site_b: str, pools: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "ClusterIDMapping",
+        "metadata": {"name": name},
+        "spec": {
+            "siteA": {"clusterID": site_a},
+            "siteB": {"clusterID": site_b},
+            "rbdPools": [{"name": pool} for pool in pools],
+        },
+    }
+
+
+@dataclass
+class ControllerProcess:
+    """`rbd-mirror-reconciler run` as its own process, stopped by its own PID only."""
+
+    kubeconfig: Path
+    log_dir: Path
+    local_cluster_id: str
+    namespace: str
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"controller-{self.starts}.log"
+
+    def start(self, *extra: str) -> None:
+        self.starts += 1
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "reconciler",
+                    "run",
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--local-cluster-id",
+                    self.local_cluster_id,
+                    "--csi-config-namespace",
+                    self.namespace,
+                    "--health-address",
+                    f"127.0.0.1:{free_port()}",
+                    *self.extra_args,
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def logs(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-4000:]
+            for path in sorted(self.log_dir.glob("controller-*.log"))
+        )
