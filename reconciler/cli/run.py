@@ -217,7 +217,7 @@ def wire(manager: Manager, args: argparse.Namespace, connections: ConnectionPool
         pv_reconciler.reconcile,
         settings=ControllerSettings(workers=args.workers),
     )
-    pv_controller.watch(volumes)
+    pv_controller.watch(volumes, pv_reconciler.volume_if_changed)
     pv_controller.watch(mappings, pv_reconciler.volumes_of_mapping)
     pv_controller.watch(handle_mappings, pv_reconciler.volume_of_deleted_mapping)
     pv_controller.watch(csi_config, _no_keys)  # only so that it is synced before the first PV

@@ -114,6 +114,10 @@ def index_cidm_clusters(cidm: KubeObject) -> list[str]:
 # (of other drivers, or already local) and their managedFields do not fill the memory.
 
 PV_METADATA = ("name", "uid", "resourceVersion", "deletionTimestamp")
+#: Annotating a PV with this (any new value) retries it after a terminal error whose cause was
+#: fixed outside Kubernetes, e.g. a journal conflict cleared on Ceph. Only annotations of our
+#: group are cached: kubectl's last-applied-configuration alone is the size of the PV.
+RETRY_ANNOTATION = f"{GROUP}/retry"
 
 
 def pv_trimmer(driver: str) -> Transform:
@@ -124,6 +128,9 @@ def pv_trimmer(driver: str) -> Transform:
         spec = pv.get("spec") or {}
         csi = spec.get("csi") or {}
         kept: KubeObject = {"metadata": {k: metadata[k] for k in PV_METADATA if k in metadata}}
+        ours = {k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith(GROUP)}
+        if ours:
+            kept["metadata"]["annotations"] = ours
         if csi.get("driver") != driver:
             kept["spec"] = {"csi": {"driver": csi["driver"]}} if csi else {}
             return kept

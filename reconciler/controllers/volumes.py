@@ -159,6 +159,18 @@ class VolumeReconciler:
         )
 
     @staticmethod
+    def volume_if_changed(event: Event) -> list[str]:
+        """The PV's key, unless only its resourceVersion moved: the informer's transform keeps
+        just what reconciling reads, so status updates (binding) cost no Ceph round trip."""
+        if (
+            event.type is EventType.MODIFIED
+            and event.old is not None
+            and _content(event.old) == _content(event.obj)
+        ):
+            return []
+        return [event.key]
+
+    @staticmethod
     def volume_of_deleted_mapping(event: Event) -> list[str]:
         """A mapping deleted by hand is made again (its PV still needs it)."""
         if event.type is not EventType.DELETED:
@@ -380,6 +392,11 @@ class VolumeReconciler:
             if err.status != 404:
                 raise
         log.info("deleted the mapping of a PV whose handle is now local", extra={"pv": name})
+
+
+def _content(obj: KubeObject) -> KubeObject:
+    metadata = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+    return {**obj, "metadata": metadata}
 
 
 def _identity(name: str) -> dict[str, Any]:

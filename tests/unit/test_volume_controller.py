@@ -21,6 +21,7 @@ from reconciler.controllers.kinds import (
     CONFIG_MAPS,
     PERSISTENT_VOLUMES,
     PV_CLUSTER_INDEX,
+    RETRY_ANNOTATION,
     VHM_HANDLE_INDEX,
     VOLUME_HANDLE_MAPPINGS,
     index_cidm_clusters,
@@ -208,3 +209,25 @@ def test_the_pv_transform_keeps_what_the_controllers_read_and_little_else(
         "metadata": {"name": "a-9", "uid": "uid-a-9", "resourceVersion": "1"},
         "spec": {"csi": {"driver": "other.csi.example.com"}},
     }
+
+
+def test_a_pv_change_outside_the_cached_fields_queues_nothing(
+    reconciler: VolumeReconciler,
+) -> None:
+    trim = pv_trimmer("rbd.csi.ceph.com")
+    before = pv("a-1", "site-a")
+    bound = copy.deepcopy(before)
+    bound["metadata"]["resourceVersion"] = "2"
+    bound["status"] = {"phase": "Bound"}
+    assert reconciler.volume_if_changed(event(EventType.MODIFIED, trim(bound), trim(before))) == []
+    moved = copy.deepcopy(bound)
+    moved["spec"]["claimRef"]["namespace"] = "apps-v2"
+    changed = event(EventType.MODIFIED, trim(moved), trim(before))
+    assert reconciler.volume_if_changed(changed) == ["a-1"]
+    assert reconciler.volume_if_changed(event(EventType.ADDED, trim(before))) == ["a-1"]
+    kicked = copy.deepcopy(bound)
+    kicked["metadata"]["annotations"] = {RETRY_ANNOTATION: "1", "kubectl.kubernetes.io/x": "y"}
+    assert trim(kicked)["metadata"]["annotations"] == {RETRY_ANNOTATION: "1"}
+    assert reconciler.volume_if_changed(event(EventType.MODIFIED, trim(kicked), trim(bound))) == [
+        "a-1"
+    ]
