@@ -51,8 +51,17 @@ def test_crds_are_established_with_short_names_and_category(kube: KubeSandbox, c
     kubectl(kube, "get", "ceph")
 
 
-def test_a_valid_cluster_mapping_is_accepted(kube: KubeSandbox, crds: None) -> None:
-    spec = {**SITES, "rbdPools": [{"name": "replicapool", "siteAPoolID": 1}, {"name": "other"}]}
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {**SITES, "rbdPools": [{"name": "replicapool", "siteAPoolID": 1}, {"name": "other"}]},
+        # Pools are optional: regeneration finds them by name, so a clusterID pair suffices.
+        SITES,
+    ],
+)
+def test_a_valid_cluster_mapping_is_accepted(
+    kube: KubeSandbox, crds: None, spec: dict[str, object]
+) -> None:
     result = apply(kube, cluster_mapping("valid-mapping", spec))
     assert result.returncode == 0, result.stderr
     kubectl(kube, "delete", "cidm", "valid-mapping")
