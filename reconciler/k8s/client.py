@@ -26,6 +26,7 @@ from reconciler.k8s.ratelimit import TokenBucket
 log = logging.getLogger(__name__)
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+TLS_SHUTDOWN_GRACE = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class RateLimitedApiClient(ApiClient):
             sock_read=settings.read_timeout,
         )
         self.throttled_total = 0
+
+    async def close(self) -> None:
+        await super().close()
+        # aiohttp shuts TLS transports down asynchronously: give them the pause aiohttp's docs
+        # ask for, or a loop that ends right after finds them still "closing" (ResourceWarning).
+        await asyncio.sleep(TLS_SHUTDOWN_GRACE)
 
     async def request(  # noqa: PLR0917  (mirrors ApiClient.request, which is called positionally)
         self,
