@@ -82,7 +82,7 @@ def _failover(pair: SitePair, kube: KubeSandbox, base: Path, began: float) -> in
         cfg,
         site.ceph_csi_secret(SECRET, NAMESPACE, CSI_USER, key),
         site.ceph_csi_config(NAMESPACE, {SITE_B_ID: pair.site_b.monitors}),
-        site.cluster_id_mapping("site-a-site-b", SITE_A_ID, SITE_B_ID, [pool]),
+        site.cluster_id_mapping("site-a-site-b", SITE_A_ID, SITE_B_ID, [{"name": pool}]),
         *(v.pv() for v in volumes),
     )
 
@@ -129,7 +129,7 @@ def _converge(
             f"{len(volumes)} Ready VolumeHandleMappings",
         )
     except SandboxError:
-        print(controller.logs())
+        print(controller.log())
         raise
     print(f"   all Ready {time.monotonic() - waited:.1f} s after the controller started\n")
     print(site.kubectl(cfg, "get", "volumehandlemappings", "-o", "wide"))

@@ -87,7 +87,10 @@ def ceph_csi_config(
     }
 
 
-def cluster_id_mapping(name: str, site_a: str, site_b: str, pools: list[str]) -> dict[str, Any]:
+def cluster_id_mapping(
+    name: str, site_a: str, site_b: str, pools: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """`pools`: entries of spec.rbdPools, e.g. {"name": "replicapool", "siteAPoolID": 1}."""
     return {
         "apiVersion": f"{GROUP}/v1alpha1",
         "kind": "ClusterIDMapping",
@@ -95,7 +98,7 @@ def cluster_id_mapping(name: str, site_a: str, site_b: str, pools: list[str]) ->
         "spec": {
             "siteA": {"clusterID": site_a},
             "siteB": {"clusterID": site_b},
-            "rbdPools": [{"name": pool} for pool in pools],
+            "rbdPools": pools,
         },
     }
 
@@ -151,7 +154,11 @@ class ControllerProcess:
             self.process.wait()
         self.process = None
 
-    def logs(self) -> str:
+    def current_log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def log(self) -> str:
+        """The tail of every run's log, oldest first."""
         return "\n".join(
             path.read_text(errors="replace")[-4000:]
             for path in sorted(self.log_dir.glob("controller-*.log"))

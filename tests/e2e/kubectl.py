@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from reconciler.sandbox.kube import KubeSandbox
-
-REPO = Path(__file__).resolve().parents[2]
-GROUP = "rbdmirror.csi.ceph.io"
-CRDS = (f"clusteridmappings.{GROUP}", f"volumehandlemappings.{GROUP}")
+from reconciler.sandbox.site import CRDS, REPO
 
 
 def kubectl(

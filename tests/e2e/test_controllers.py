@@ -8,12 +8,9 @@ carry site-a's handles, as they would after an admin re-applied them from a back
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,12 +21,13 @@ from urllib.parse import quote
 import pytest
 
 from reconciler.controllers.kinds import RETRY_ANNOTATION, volume_handle_selector
-from reconciler.sandbox import cephcsi
+from reconciler.sandbox import cephcsi, site
 from reconciler.sandbox.ceph import CSI_USER, SitePair
 from reconciler.sandbox.cephcsi import Provisioned
 from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
-from reconciler.sandbox.process import free_port, poll_until
-from tests.e2e.kubectl import GROUP, REPO, apply, kubectl
+from reconciler.sandbox.process import poll_until
+from reconciler.sandbox.site import GROUP
+from tests.e2e.kubectl import apply, kubectl
 from tests.e2e.support import report, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +35,6 @@ pytestmark = pytest.mark.e2e
 SITE_A_ID = "site-a-cluster"
 SITE_B_ID = "site-b-cluster"
 NAMESPACE = "rook-ceph"  # where Provisioned.pv()'s Secret reference points
-SERVICE_ACCOUNT = "rbd-mirror-reconciler"
 SECRET = "rook-csi-rbd-provisioner"
 CSI_CONFIG = "ceph-csi-config"
 MAPPING_KEY = "cluster-mapping.json"
@@ -45,112 +42,26 @@ API = f"/apis/{GROUP}/v1alpha1"
 CONVERGE = 90.0
 
 
-@dataclass
-class ControllerProcess:
-    """The controller as its own process; stopped by its own PID only."""
-
-    kubeconfig: Path
-    log_dir: Path
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def start(self, *extra: str) -> None:
-        self.starts += 1
-        log = (self.log_dir / f"controller-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler",
-                "run",
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--local-cluster-id",
-                SITE_B_ID,
-                "--csi-config-namespace",
-                NAMESPACE,
-                "--cluster-mapping-configmap",
-                CSI_CONFIG,
-                "--health-address",
-                f"127.0.0.1:{free_port()}",
-                "--ceph-timeout",
-                "5",
-                "--leader-elect",
-                "--leader-election-namespace",
-                NAMESPACE,
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def current_log(self) -> str:
-        return (self.log_dir / f"controller-{self.starts}.log").read_text(errors="replace")
-
-    def log(self) -> str:
-        return "\n".join(
-            path.read_text(errors="replace")[-4000:]
-            for path in sorted(self.log_dir.glob("controller-*.log"))
-        )
-
-
-def rbac_overlay(work: Path) -> Path:
-    """config/rbac as a deployment in NAMESPACE would apply it (an overlay sets the namespace)."""
-    overlay = work / "rbac-overlay"
-    overlay.mkdir()
-    # kustomize takes other kustomizations by relative path only.
-    rbac = os.path.relpath(REPO / "config" / "rbac", overlay)
-    (overlay / "kustomization.yaml").write_text(f"namespace: {NAMESPACE}\nresources:\n  - {rbac}\n")
-    return overlay
-
-
-def secret(pair: SitePair) -> dict[str, Any]:
-    key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SECRET, "namespace": NAMESPACE},
-        "data": {
-            "userID": base64.b64encode(CSI_USER.encode()).decode(),
-            "userKey": base64.b64encode(key.encode()).decode(),
-        },
-    }
-
-
-def csi_config(pair: SitePair) -> dict[str, Any]:
-    """site-b's ceph-csi-config: only its own cluster, as ceph-csi on site-b has it."""
-    entries = [{"clusterID": SITE_B_ID, "monitors": pair.site_b.monitors.split(",")}]
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": CSI_CONFIG, "namespace": NAMESPACE},
-        "data": {"config.json": json.dumps(entries)},
-    }
+def controller_process(kubeconfig: Path, work: Path) -> site.ControllerProcess:
+    return site.ControllerProcess(
+        kubeconfig,
+        work,
+        SITE_B_ID,
+        NAMESPACE,
+        extra_args=[
+            "--cluster-mapping-configmap",
+            CSI_CONFIG,
+            "--ceph-timeout",
+            "5",
+            "--leader-elect",
+            "--leader-election-namespace",
+            NAMESPACE,
+        ],
+    )
 
 
 def cluster_id_mapping(name: str, site_a: str, **pool_ids: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/v1alpha1",
-        "kind": "ClusterIDMapping",
-        "metadata": {"name": name},
-        "spec": {
-            "siteA": {"clusterID": site_a},
-            "siteB": {"clusterID": SITE_B_ID},
-            "rbdPools": [{"name": "replicapool", **pool_ids}],
-        },
-    }
+    return site.cluster_id_mapping(name, site_a, SITE_B_ID, [{"name": "replicapool", **pool_ids}])
 
 
 def get(kube: KubeSandbox, path: str) -> dict[str, Any] | None:
@@ -186,7 +97,7 @@ def existing(obj: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def wait_for_reason(
-    kube: KubeSandbox, controller: ControllerProcess, pv_name: str, reason: str
+    kube: KubeSandbox, controller: site.ControllerProcess, pv_name: str, reason: str
 ) -> dict[str, Any]:
     def settled() -> dict[str, Any] | None:
         mapping = handle_mapping(kube, pv_name)
@@ -232,7 +143,7 @@ def object_version(pair: SitePair, pool: str, oid: str) -> int:
 class World:
     pair: SitePair
     kube: KubeSandbox
-    controller: ControllerProcess
+    controller: site.ControllerProcess
     volumes: dict[str, Provisioned]
 
     def apply_pvs(self, *manifests: dict[str, Any]) -> None:
@@ -254,13 +165,15 @@ def world(
     }
     # ctl-not-primary is mirrored but left secondary by the test that needs it.
     cephcsi.fail_over(ceph_pair, [v for n, v in volumes.items() if n != "ctl-not-primary"])
-    kubectl(kube, "create", "namespace", NAMESPACE, check=False)
-    overlay = rbac_overlay(work)
-    kubectl(kube, "apply", "-k", str(overlay))
-    result = apply(kube, secret(ceph_pair), csi_config(ceph_pair))
-    assert result.returncode == 0, result.stderr
-    kubeconfig = kube.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT, create=False)
-    controller = ControllerProcess(kubeconfig, work)
+    overlay = site.install_rbac(kube.kubeconfig, NAMESPACE, work)
+    key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    site.apply(
+        kube.kubeconfig,
+        site.ceph_csi_secret(SECRET, NAMESPACE, CSI_USER, key),
+        site.ceph_csi_config(NAMESPACE, {SITE_B_ID: ceph_pair.site_b.monitors}),
+    )
+    kubeconfig = kube.service_account_kubeconfig(NAMESPACE, site.SERVICE_ACCOUNT, create=False)
+    controller = controller_process(kubeconfig, work)
     controller.start("--workers", "2")
     try:
         yield World(ceph_pair, kube, controller, volumes)

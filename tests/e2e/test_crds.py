@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from reconciler.sandbox.kube import KubeSandbox
-from tests.e2e.kubectl import CRDS, GROUP, REPO, apply, kubectl
+from reconciler.sandbox.site import CRDS, GROUP, REPO
+from tests.e2e.kubectl import apply, kubectl
 
 pytestmark = pytest.mark.e2e
 
