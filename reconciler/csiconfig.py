@@ -16,6 +16,8 @@ from typing import Any
 from reconciler.errors import InvalidConfig
 
 DEFAULT_MIRROR_DAEMON_COUNT = 1
+#: The ConfigMap ceph-csi reads its cluster list from (key `config.json`).
+DEFAULT_CONFIGMAP = "ceph-csi-config"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.cli.common import EXIT_FAILED, EXIT_USAGE, fail
-from reconciler.csi import DEFAULT_CSI_CONFIG_NAME, ResolvedVolume, ResolveError, Resolver
+from reconciler.csi import ResolvedVolume, ResolveError, Resolver
+from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
 from reconciler.k8s import make_api_client
@@ -33,7 +34,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster service account)"
     )
-    parser.add_argument("--csi-config-name", default=DEFAULT_CSI_CONFIG_NAME)
+    parser.add_argument("--csi-config-name", default=DEFAULT_CONFIGMAP)
     parser.add_argument(
         "--csi-config-namespace", required=True, help="namespace of ceph-csi-config"
     )

@@ -38,11 +38,11 @@ from reconciler.controllers.kinds import (
 )
 from reconciler.controllers.status import EventRecorder
 from reconciler.controllers.volumes import (
-    DEFAULT_CSI_CONFIG,
     DEFAULT_DRIVER,
     VolumeReconciler,
     VolumeSettings,
 )
+from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.journal import DEFAULT_INSTANCE_ID
 from reconciler.k8s import (
     ApiSettings,
@@ -82,7 +82,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--csi-config-name",
-        default=DEFAULT_CSI_CONFIG,
+        default=DEFAULT_CONFIGMAP,
         help="ceph-csi's ConfigMap with config.json (default %(default)s)",
     )
     parser.add_argument(

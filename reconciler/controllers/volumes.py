@@ -59,7 +59,7 @@ from reconciler.controllers.status import (
     server_side_apply,
     transition,
 )
-from reconciler.csiconfig import ClusterConfig, CSIConfig
+from reconciler.csiconfig import DEFAULT_CONFIGMAP, ClusterConfig, CSIConfig
 from reconciler.errors import InvalidInput, InvalidVolume, ReconcilerError
 from reconciler.handle import VolumeHandle
 from reconciler.journal import DEFAULT_INSTANCE_ID
@@ -79,7 +79,6 @@ from reconciler.volume import CSIVolume
 log = logging.getLogger(__name__)
 
 DEFAULT_DRIVER = "rbd.csi.ceph.com"
-DEFAULT_CSI_CONFIG = "ceph-csi-config"
 CSI_CONFIG_KEY = "config.json"
 REGENERATED = "JournalRegenerated"
 #: Status fields that describe a regeneration: kept through a later transient failure of the
@@ -101,7 +100,7 @@ class VolumeSettings:
     local_cluster_id: str
     """This site's clusterID in ceph-csi-config (--local-cluster-id)."""
     csi_config_namespace: str
-    csi_config_name: str = DEFAULT_CSI_CONFIG
+    csi_config_name: str = DEFAULT_CONFIGMAP
     driver_name: str = DEFAULT_DRIVER
     instance_id: str = DEFAULT_INSTANCE_ID
     """ceph-csi's --instanceid: names the journal's directory object."""

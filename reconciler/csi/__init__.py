@@ -15,11 +15,10 @@ from reconciler.csi.errors import (
     VolumeNotFound,
 )
 from reconciler.csi.resolution import How, ResolvedVolume
-from reconciler.csi.resolver import DEFAULT_CSI_CONFIG_NAME, Resolver, SyncResolver
+from reconciler.csi.resolver import Resolver, SyncResolver
 from reconciler.csi.watchers import ImageUse, MirrorRole, rwo_image_use
 
 __all__ = [
-    "DEFAULT_CSI_CONFIG_NAME",
     "How",
     "ImageUse",
     "LocalClusterNotConfigured",

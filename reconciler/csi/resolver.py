@@ -33,11 +33,10 @@ from reconciler.csi.resolution import (
     resolve,
     trim_handle_mapping,
 )
+from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.k8s import ApiSettings, Event, Informer, WatchSettings, make_api_client
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CSI_CONFIG_NAME = "ceph-csi-config"
 
 
 class Resolver:
@@ -51,7 +50,7 @@ class Resolver:
         api_client: ApiClient,
         *,
         csi_config_namespace: str,
-        csi_config_name: str = DEFAULT_CSI_CONFIG_NAME,
+        csi_config_name: str = DEFAULT_CONFIGMAP,
         watch_settings: WatchSettings | None = None,
     ) -> None:
         self.handle_mappings = Informer(
@@ -183,7 +182,7 @@ class SyncResolver:
         kubeconfig: Path | None = None,
         *,
         csi_config_namespace: str,
-        csi_config_name: str = DEFAULT_CSI_CONFIG_NAME,
+        csi_config_name: str = DEFAULT_CONFIGMAP,
         api_settings: ApiSettings | None = None,
         watch_settings: WatchSettings | None = None,
     ) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.sandbox import cephcsi, site
 from reconciler.sandbox.ceph import CSI_USER, SitePair, start_pair
 from reconciler.sandbox.errors import SandboxError
@@ -92,7 +93,7 @@ def _failover(pair: SitePair, kube: KubeSandbox, base: Path, began: float) -> in
         log_dir=base,
         local_cluster_id=SITE_B_ID,
         namespace=NAMESPACE,
-        extra_args=["--cluster-mapping-configmap", "ceph-csi-config"],
+        extra_args=["--cluster-mapping-configmap", DEFAULT_CONFIGMAP],
     )
     controller.start()
     try:
@@ -175,7 +176,7 @@ def _converge(
             cfg,
             "get",
             "configmap",
-            "ceph-csi-config",
+            DEFAULT_CONFIGMAP,
             "-n",
             NAMESPACE,
             "-o",

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.sandbox.errors import CommandFailed
 from reconciler.sandbox.process import free_port, run
 
@@ -75,7 +76,7 @@ def ceph_csi_secret(name: str, namespace: str, user: str, key: str) -> dict[str,
 
 
 def ceph_csi_config(
-    namespace: str, clusters: dict[str, str], name: str = "ceph-csi-config"
+    namespace: str, clusters: dict[str, str], name: str = DEFAULT_CONFIGMAP
 ) -> dict[str, Any]:
     """ceph-csi's ConfigMap for `clusters` (clusterID -> comma-separated monitors)."""
     entries = [{"clusterID": cid, "monitors": mons.split(",")} for cid, mons in clusters.items()]
