@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from reconciler.k8s import RateLimitedApiClient, make_api_client
 from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import pid_alive
@@ -47,3 +48,13 @@ def kube(
 def crds(kube: KubeSandbox) -> None:
     """The project's CRDs installed from crds/ with kustomize, and Established."""
     install_crds(kube)
+
+
+@pytest.fixture
+async def api(kube: KubeSandbox) -> AsyncIterator[RateLimitedApiClient]:
+    """The runtime's API client as the admin, closed after the test."""
+    client = await make_api_client(kube.kubeconfig)
+    try:
+        yield client
+    finally:
+        await client.close()

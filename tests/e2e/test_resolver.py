@@ -92,15 +92,6 @@ def world(kube: KubeSandbox, crds: None) -> Iterator[World]:
 
 
 @pytest.fixture
-async def api(kube: KubeSandbox) -> AsyncIterator[RateLimitedApiClient]:
-    client = await make_api_client(kube.kubeconfig)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
 async def resolver(api: RateLimitedApiClient, world: World) -> AsyncIterator[Resolver]:
     async with Resolver(api, csi_config_namespace=world.namespace) as started:
         await asyncio.wait_for(started.wait_synced(), SYNC_SECONDS)

@@ -68,15 +68,6 @@ async def eventually(probe: Callable[[], T | None], within: float, what: str) ->
 
 
 @pytest.fixture
-async def api(kube: KubeSandbox) -> AsyncIterator[RateLimitedApiClient]:
-    client = await make_api_client(kube.kubeconfig)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
 async def namespace(api: RateLimitedApiClient) -> AsyncIterator[str]:
     name = f"rt-{uuid.uuid4().hex[:8]}"
     core = CoreV1Api(api)
