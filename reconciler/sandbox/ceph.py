@@ -330,8 +330,8 @@ keyring = {d}/mgr.keyring
             return False
         return available
 
-    def start_rbd_mirror(self) -> Daemon:
-        """The real rbd-mirror daemon, replicating into this cluster."""
+    def start_rbd_mirror(self, pool: str) -> Daemon:
+        """The real rbd-mirror daemon replicating `pool` into this cluster, once it leads `pool`."""
         d = self.dir
         daemon_id = f"rbd-mirror.{self.name}"
         keyring = d / f"client.{daemon_id}.keyring"
@@ -348,7 +348,7 @@ keyring = {d}/mgr.keyring
         )
         # The daemon re-reads its local cluster's config through the default search path and
         # ignores -c for that, so it runs from the config's folder with CEPH_CONF set.
-        return self.daemons.start(
+        daemon = self.daemons.start(
             Daemon(
                 name=f"{self.name} rbd-mirror",
                 argv=[
@@ -366,6 +366,19 @@ keyring = {d}/mgr.keyring
                 env={"CEPH_CONF": str(self.conf)},
             )
         )
+        # Images enabled before the daemon leads the pool can go unnoticed for minutes, so the
+        # pair is ready only once the daemon has taken the pool's lead with its peer connected.
+        daemon.wait_ready(lambda: self._mirror_daemon_leads(pool), START_TIMEOUT)
+        return daemon
+
+    def _mirror_daemon_leads(self, pool: str) -> bool:
+        try:
+            status = json.loads(
+                self.rbd("mirror", "pool", "status", pool, "--verbose", "--format", "json")
+            )
+        except CommandFailed:
+            return False
+        return any(d["leader"] and d["health"] == "OK" for d in status.get("daemons", []))
 
     def daemon_records(self) -> list[dict[str, object]]:
         return [daemon.to_record() for daemon in self.daemons.daemons]
@@ -450,9 +463,9 @@ def start_pair(
             list(pool_exec.map(lambda site: _prepare_site(site, pool), (site_a, site_b)))
         pair = SitePair(base_dir=base, site_a=site_a, site_b=site_b, pool=pool)
         _connect_peers(pair, both_directions=mirror_daemon_on_a)
-        site_b.start_rbd_mirror()
+        site_b.start_rbd_mirror(pool)
         if mirror_daemon_on_a:
-            site_a.start_rbd_mirror()
+            site_a.start_rbd_mirror(pool)
     except BaseException:
         for site in reversed(started):
             site.stop()

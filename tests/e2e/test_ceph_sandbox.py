@@ -10,29 +10,26 @@ from pathlib import Path
 import pytest
 
 from reconciler.sandbox.ceph import CephCluster, SitePair, require_ceph_programs
-from reconciler.sandbox.errors import CommandFailed, DaemonFailed, MissingPackage, PortInUse
+from reconciler.sandbox.cephcsi import mirror_state
+from reconciler.sandbox.errors import DaemonFailed, MissingPackage, PortInUse
 from reconciler.sandbox.process import Daemon, pid_alive
 from tests.e2e.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-def mirror_state(site: CephCluster, image_spec: str) -> str | None:
-    try:
-        status = json.loads(site.rbd("mirror", "image", "status", image_spec, "--format", "json"))
-    except CommandFailed:
-        return None  # not replicated yet
-    state: str = status["state"]
-    return state
-
-
 def test_image_mirrors_to_site_b_and_replays(ceph_pair: SitePair) -> None:
-    image = f"{ceph_pair.pool}/mirror-{uuid.uuid4().hex[:8]}"
+    name = f"mirror-{uuid.uuid4().hex[:8]}"
+    image = f"{ceph_pair.pool}/{name}"
     ceph_pair.site_a.rbd("create", "--size", "16M", image)
     ceph_pair.site_a.rbd("mirror", "image", "enable", image, "snapshot")
 
     state = wait_until(
-        lambda: (s := mirror_state(ceph_pair.site_b, image)) and s.startswith("up+replaying") and s,
+        lambda: (
+            (s := mirror_state(ceph_pair.site_b, ceph_pair.pool, name))
+            and s.startswith("up+replaying")
+            and s
+        ),
         timeout=90,
         what=f"{image} to reach up+replaying on site-b",
     )
@@ -40,6 +37,16 @@ def test_image_mirrors_to_site_b_and_replays(ceph_pair: SitePair) -> None:
     info = json.loads(ceph_pair.site_b.rbd("info", image, "--format", "json"))
     assert info["mirroring"]["primary"] is False
     assert info["size"] == 16 * 1024 * 1024
+
+
+def test_pair_is_ready_only_when_site_b_daemon_leads_the_pool(ceph_pair: SitePair) -> None:
+    status = json.loads(
+        ceph_pair.site_b.rbd(
+            "mirror", "pool", "status", ceph_pair.pool, "--verbose", "--format", "json"
+        )
+    )
+    assert status["summary"]["daemon_health"] == "OK"
+    assert [d["leader"] for d in status["daemons"]] == [True]
 
 
 def test_mirrored_pool_has_different_ids(ceph_pair: SitePair) -> None:
@@ -55,10 +62,11 @@ def test_omap_is_not_mirrored(ceph_pair: SitePair) -> None:
         "csi.volume.pvc-1"
     ]
     # An image created after the omap write has reached site-b, so the omap had its chance too.
-    image = f"{ceph_pair.pool}/omap-{uuid.uuid4().hex[:8]}"
+    name = f"omap-{uuid.uuid4().hex[:8]}"
+    image = f"{ceph_pair.pool}/{name}"
     ceph_pair.site_a.rbd("create", "--size", "8M", image)
     ceph_pair.site_a.rbd("mirror", "image", "enable", image, "snapshot")
-    wait_until(lambda: mirror_state(ceph_pair.site_b, image), 60, f"{image} on site-b")
+    wait_until(lambda: mirror_state(ceph_pair.site_b, ceph_pair.pool, name), 60, f"{image} on b")
 
     objects_on_b = ceph_pair.site_b.rados(ceph_pair.pool, "ls").split()
     assert f"rbd_header.{image_id(ceph_pair.site_b, image)}" in objects_on_b

@@ -218,10 +218,26 @@ async def test_encrypted_volume_in_a_rados_namespace(
     )
 
 
-async def test_rados_namespace_is_honoured(ceph_pair: SitePair, site_b: CephConnection) -> None:
+@pytest.fixture
+def tenant_namespace(ceph_pair: SitePair) -> Iterator[str]:
+    """A RADOS namespace on site-b, removed afterwards: site-b's rbd-mirror daemon retries every
+    unmirrored namespace it finds, every few seconds, for as long as it exists."""
     site = ceph_pair.site_b
     namespace = f"tenant-{uuid.uuid4().hex[:6]}"
     site.rbd("namespace", "create", f"{ceph_pair.pool}/{namespace}")
+    yield namespace
+    for image in site.rbd("ls", f"{ceph_pair.pool}/{namespace}").split():
+        site.rbd("rm", f"{ceph_pair.pool}/{namespace}/{image}")
+    for obj in site.rados(ceph_pair.pool, "-N", namespace, "ls").split():
+        site.rados(ceph_pair.pool, "-N", namespace, "rm", obj)
+    site.rbd("namespace", "remove", f"{ceph_pair.pool}/{namespace}")
+
+
+async def test_rados_namespace_is_honoured(
+    ceph_pair: SitePair, site_b: CephConnection, tenant_namespace: str
+) -> None:
+    site = ceph_pair.site_b
+    namespace = tenant_namespace
     object_uuid = str(uuid.uuid4())
     site.rbd("create", "--size", "8M", f"{ceph_pair.pool}/{namespace}/csi-vol-{object_uuid}")
     volume = journal_less("pvc-ns", object_uuid, ceph_pair.pool)
