@@ -36,6 +36,7 @@ from reconciler.controllers.kinds import (
     pv_trimmer,
     without_managed_fields,
 )
+from reconciler.controllers.metrics import ProgressCollector, remap_duration_histogram
 from reconciler.controllers.status import EventRecorder
 from reconciler.controllers.volumes import (
     DEFAULT_DRIVER,
@@ -193,6 +194,7 @@ def wire(manager: Manager, args: argparse.Namespace, connections: ConnectionPool
     )
     csi_config = config_map_informer(manager, args.csi_config_namespace, args.csi_config_name)
     events = EventRecorder(api, default_identity())
+    registry = manager.metrics.registry
 
     pv_reconciler = VolumeReconciler(
         api,
@@ -211,6 +213,15 @@ def wire(manager: Manager, args: argparse.Namespace, connections: ConnectionPool
             legacy_handle_key=args.legacy_handle_key,
             dry_run=args.dry_run,
         ),
+        remap_duration=remap_duration_histogram(registry),
+    )
+    registry.register(
+        ProgressCollector(
+            pending_volumes=pv_reconciler.pending_volumes,
+            handle_mappings=handle_mappings.store,
+            cluster_id_mappings=mappings.store,
+            active=lambda: manager.is_leader and manager.ready(),
+        )
     )
     pv_controller = manager.controller(
         "persistentvolume",

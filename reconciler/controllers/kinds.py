@@ -113,7 +113,8 @@ def index_cidm_clusters(cidm: KubeObject) -> list[str]:
 # Informer transforms: each cached object keeps only what the controllers read, so 10k PVs
 # (of other drivers, or already local) and their managedFields do not fill the memory.
 
-PV_METADATA = ("name", "uid", "resourceVersion", "deletionTimestamp")
+#: creationTimestamp: when the PV was (re-)applied, where the failover lag is counted from.
+PV_METADATA = ("name", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp")
 #: Annotating a PV with this (any new value) retries it after a terminal error whose cause was
 #: fixed outside Kubernetes, e.g. a journal conflict cleared on Ceph. Only annotations of our
 #: group are cached: kubectl's last-applied-configuration alone is the size of the PV.

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
+from prometheus_client import Histogram
 
 from reconciler.cephconn import ConnectionPool, Credentials
 from reconciler.controllers.clusteridmapping import (
@@ -47,6 +48,7 @@ from reconciler.controllers.kinds import (
     VOLUME_HANDLE_MAPPINGS,
     volume_handle_hash,
 )
+from reconciler.controllers.metrics import age_seconds
 from reconciler.controllers.status import (
     READY,
     CSIConfigUnavailable,
@@ -54,6 +56,7 @@ from reconciler.controllers.status import (
     InvalidSecret,
     SecretNotFound,
     condition,
+    is_ready,
     merge_conditions,
     object_path,
     server_side_apply,
@@ -122,6 +125,7 @@ class VolumeReconciler:
         connections: ConnectionPool,
         events: EventRecorder,
         settings: VolumeSettings,
+        remap_duration: Histogram | None = None,
     ) -> None:
         self.api_client = api_client
         self.volumes = volumes
@@ -131,6 +135,7 @@ class VolumeReconciler:
         self.connections = connections
         self.events = events
         self.settings = settings
+        self.remap_duration = remap_duration
         # (resourceVersion, parsed): ceph-csi-config is parsed once per change, not per PV.
         self._parsed_config: tuple[str, CSIConfig] | None = None
 
@@ -187,6 +192,25 @@ class VolumeReconciler:
             and bool(spec.get("claimRef"))
             and not pv["metadata"].get("deletionTimestamp")
             and str((csi.get("volumeAttributes") or {}).get("staticVolume", "")).lower() != "true"
+        )
+
+    def pending_volumes(self) -> list[KubeObject]:
+        """Selected PVs with a remote handle whose mapping is not Ready for that handle (yet)."""
+        store = self.volumes.store
+        return [
+            pv
+            for cluster_id in store.index_values(PV_CLUSTER_INDEX)
+            if cluster_id != self.settings.local_cluster_id
+            for pv in store.by_index(PV_CLUSTER_INDEX, cluster_id)
+            if self.selected(pv) and not self._remapped(pv)
+        ]
+
+    def _remapped(self, pv: KubeObject) -> bool:
+        mapping = self.handle_mappings.store.get(pv["metadata"]["name"])
+        return (
+            mapping is not None
+            and is_ready(mapping)
+            and (mapping.get("spec") or {}).get("volumeHandle") == pv["spec"]["csi"]["volumeHandle"]
         )
 
     async def reconcile(self, key: str) -> Result | None:
@@ -365,6 +389,10 @@ class VolumeReconciler:
                 subresource="status",
             )
         if transition(mapping, ready_condition):
+            if ready and self.remap_duration is not None:
+                age = age_seconds(pv)
+                if age is not None:
+                    self.remap_duration.observe(age)
             for obj, kind in ((pv, PERSISTENT_VOLUME_KIND), (mapping, VOLUME_HANDLE_MAPPING_KIND)):
                 await self.events.record(
                     obj, kind, warning=not ready, reason=reason, message=event_message or message

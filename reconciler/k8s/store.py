@@ -54,6 +54,10 @@ class Store:
         """Objects whose indexer `index` yields `value`. KeyError for an unknown index."""
         return [self._objects[key] for key in sorted(self._indices[index].get(value, ()))]
 
+    def index_values(self, index: str) -> list[str]:
+        """Every value indexer `index` yields for some object. KeyError for an unknown index."""
+        return list(self._indices[index])
+
     def upsert(self, obj: KubeObject) -> KubeObject | None:
         """Store `obj`; returns the object it replaced, if any."""
         key = object_key(obj)

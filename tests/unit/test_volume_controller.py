@@ -231,3 +231,28 @@ def test_a_pv_change_outside_the_cached_fields_queues_nothing(
     assert reconciler.volume_if_changed(event(EventType.MODIFIED, trim(kicked), trim(bound))) == [
         "a-1"
     ]
+
+
+def ready_mapping(name: str, volume_handle: str, *, ready: bool = True) -> KubeObject:
+    return {
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"pvName": name, "volumeHandle": volume_handle},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_pending_volumes_are_remote_pvs_without_a_ready_mapping_for_their_handle(
+    reconciler: VolumeReconciler,
+) -> None:
+    def pending() -> list[str]:
+        return sorted(pv["metadata"]["name"] for pv in reconciler.pending_volumes())
+
+    assert pending() == ["a-1", "a-2", "c-1"]  # b-1 is local: nothing to remap
+    store = reconciler.handle_mappings.store
+    store.upsert(ready_mapping("a-1", handle("site-a")))
+    store.upsert(ready_mapping("a-2", handle("site-a"), ready=False))
+    store.upsert(ready_mapping("c-1", handle("site-c", pool_id=9)))  # an earlier handle
+    assert pending() == ["a-2", "c-1"]
