@@ -13,9 +13,11 @@ import json
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+from reconciler.controllers.metrics import PREFIX as METRICS_PREFIX
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.sandbox import cephcsi, site
 from reconciler.sandbox.ceph import CSI_USER, SitePair, start_pair
@@ -109,6 +111,14 @@ def _mappings(kubeconfig: Path) -> list[dict[str, Any]]:
     return items
 
 
+def _progress(controller: site.ControllerProcess) -> str:
+    """The product's own lines of the controller's /metrics."""
+    url = f"http://{controller.health_address}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        exposed: str = answer.read().decode()
+    return "\n".join(line for line in exposed.splitlines() if line.startswith(METRICS_PREFIX))
+
+
 def _ready(mapping: dict[str, Any]) -> bool:
     conditions = (mapping.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
@@ -134,6 +144,15 @@ def _converge(
         raise
     print(f"   all Ready {time.monotonic() - waited:.1f} s after the controller started\n")
     print(site.kubectl(cfg, "get", "volumehandlemappings", "-o", "wide"))
+
+    step("The progress Prometheus scrapes from the controller's /metrics")
+    # The controller's cache sees its own last status write a moment after the API server does.
+    poll_until(
+        lambda: f"{METRICS_PREFIX}_volumes_pending 0.0" in _progress(controller),
+        30,
+        "the controller to report no PV pending",
+    )
+    print(_progress(controller))
 
     sample = volumes[0]
     step(f"A CSI driver given {sample.pv_name}'s old handle resolves it locally")

@@ -115,6 +115,8 @@ class ControllerProcess:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     extra_args: list[str] = field(default_factory=list)
+    #: /healthz, /readyz and /metrics: one address for every start, so a scraper keeps its target.
+    health_address: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
 
     @property
     def log_file(self) -> Path:
@@ -136,7 +138,7 @@ class ControllerProcess:
                     "--csi-config-namespace",
                     self.namespace,
                     "--health-address",
-                    f"127.0.0.1:{free_port()}",
+                    self.health_address,
                     *self.extra_args,
                     *extra,
                 ],

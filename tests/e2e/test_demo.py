@@ -22,7 +22,12 @@ def test_demo_fails_over_and_converges(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "ceph-csi journal objects on site-b: 0 (OMAP is not mirrored)" in out
-    assert out.count("JournalRegenerated") == 3
+    table_rows = [line for line in out.splitlines() if line.startswith("pvc-demo-")]
+    assert len(table_rows) == 3 and all("JournalRegenerated" in row for row in table_rows)
+    # The progress metrics, read from the running controller's /metrics.
+    assert "rbd_mirror_reconciler_volumes_pending 0.0" in out
+    ready = 'rbd_mirror_reconciler_volume_handle_mappings{ready="true",reason="JournalRegenerated"}'
+    assert f"{ready} 3.0" in out
     assert out.count("0001-0006-site-b-0000000000000002-") >= 3
     assert '"site-a": "site-b"' in out  # ceph-csi's cluster-mapping.json, rendered
     assert "its VolumeHandleMapping goes with it\n   gone" in out
