@@ -1,0 +1,120 @@
+"""The product's alert rules in a real Prometheus scraping a real metrics endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from reconciler.sandbox.errors import DaemonFailed, MissingPackage
+from reconciler.sandbox.process import pid_alive
+from reconciler.sandbox.prometheus import DEFAULT_JOB, Prometheus
+from tests.e2e.support import wait_until
+
+pytestmark = pytest.mark.e2e
+
+ALERT_RULES = Path(__file__).resolve().parents[2] / "config" / "prometheus" / "alerts.yaml"
+ALERTS = {
+    "RBDMirrorVolumesNotRemapped",
+    "RBDMirrorVolumeHandleMappingFailing",
+    "RBDMirrorClusterIDMappingConflict",
+    "RBDMirrorReconcilerTerminalErrors",
+}
+
+
+@pytest.fixture
+def metrics_target() -> Iterator[str]:
+    """A metrics endpoint in this process on a free loopback port: the failover lag is 1000 s."""
+    registry = CollectorRegistry()
+    lag = Gauge(
+        "rbd_mirror_reconciler_oldest_pending_volume_seconds",
+        "Age of the oldest PersistentVolume still waiting for its mapping (0: none)",
+        registry=registry,
+    )
+    lag.set(1000)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_rules_load_and_match_scraped_data(tmp_path: Path, metrics_target: str) -> None:
+    with Prometheus.start(tmp_path / "prometheus", [metrics_target], [ALERT_RULES]) as prom:
+
+        def all_rules_evaluated() -> list[dict[str, Any]] | None:
+            rules = prom.rules()
+            return rules if rules and all(r["health"] == "ok" for r in rules) else None
+
+        rules = wait_until(all_rules_evaluated, timeout=30, what="every rule evaluated once")
+        assert {rule["name"] for rule in rules} == ALERTS
+
+        target = wait_until(
+            lambda: next((t for t in prom.targets() if t["health"] == "up"), None),
+            timeout=30,
+            what=f"{metrics_target} scraped",
+        )
+        assert target["labels"]["instance"] == metrics_target
+        assert target["labels"]["job"] == DEFAULT_JOB
+
+        samples = wait_until(
+            lambda: prom.query("rbd_mirror_reconciler_oldest_pending_volume_seconds"),
+            timeout=30,
+            what="the lag gauge in Prometheus",
+        )
+        assert [float(s["value"][1]) for s in samples] == [1000.0]
+        assert samples[0]["metric"]["instance"] == metrics_target
+
+        # `for: 5m` keeps it pending; pending proves the expression matches real scraped data.
+        alerts = wait_until(prom.alerts, timeout=30, what="an alert pending")
+        # Nothing else is exported, so nothing else may match.
+        assert [a["labels"]["alertname"] for a in alerts] == ["RBDMirrorVolumesNotRemapped"]
+        alert = alerts[0]
+        assert alert["state"] == "pending"
+        assert alert["labels"]["severity"] == "warning"
+        assert alert["labels"]["type"] == "rbd_mirror_reconciler"
+        assert alert["annotations"]["runbook_url"] == "docs/alerts.md#rbdmirrorvolumesnotremapped"
+        assert float(alert["value"]) == 1000.0
+
+
+def test_stop_ends_the_server_by_its_pid(tmp_path: Path) -> None:
+    prom = Prometheus.start(tmp_path / "prometheus", [])
+    pid = prom.pid
+    assert prom.running()
+    assert prom.ready()
+
+    prom.stop()
+
+    assert not prom.running()
+    assert not pid_alive(pid)
+    assert not prom.ready(), "the port still answers after stop"
+    prom.stop()  # idempotent
+
+
+def test_broken_rule_file_fails_start_with_the_log(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "groups:\n  - name: x\n    rules:\n      - alert: Broken\n        expr: sum(\n"
+    )
+
+    with pytest.raises(DaemonFailed) as failed:
+        Prometheus.start(tmp_path / "prometheus", [], [broken])
+
+    assert "exited" in str(failed.value)
+    assert str(broken) in str(failed.value), "the log tail should name the file to fix"
+
+
+def test_missing_binary_names_the_debian_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    with pytest.raises(MissingPackage, match="'prometheus'"):
+        Prometheus.start(tmp_path / "prometheus", [])
+
+    assert not (tmp_path / "prometheus").exists()
