@@ -12,12 +12,13 @@ APT_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common rbd-mirror python3-rados 
                 python3-venv prometheus
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit test-e2e bench demo clean kube-bins
+.PHONY: help setup lint test test-unit test-alerts test-e2e bench demo clean kube-bins
 
 help:
 	@echo "make setup      install Debian packages and the virtualenv (idempotent)"
 	@echo "make lint       ruff + mypy"
 	@echo "make test-unit  fast unit tests (no daemons)"
+	@echo "make test-alerts promtool check + unit tests of the Prometheus alert rules"
 	@echo "make test-e2e   tests against real Ceph daemons and a real kube-apiserver"
 	@echo "make kube-bins  build kube-apiserver, kube-controller-manager, etcd once (cached in ~/.cache)"
 	@echo "make test       all of the above"
@@ -56,6 +57,11 @@ lint: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# The alert rules shipped in config/prometheus/, checked and unit-tested by Debian's promtool.
+test-alerts: setup
+	promtool check rules config/prometheus/alerts.yaml
+	promtool test rules config/prometheus/alerts_test.yaml
+
 # Real kube-apiserver/kube-controller-manager/etcd built from Go modules and cached outside
 # the repo by version; a no-op once built, several minutes cold.
 kube-bins:
@@ -64,7 +70,7 @@ kube-bins:
 test-e2e: setup kube-bins
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint test-unit test-e2e
+test: lint test-alerts test-unit test-e2e
 
 # Benchmarks print figures with their baseline from the same run; they are not pass/fail tests.
 bench: setup kube-bins
