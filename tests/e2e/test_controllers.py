@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from reconciler.sandbox.ceph import CSI_USER, SitePair
 from reconciler.sandbox.cephcsi import Provisioned
 from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
 from reconciler.sandbox.process import poll_until
+from reconciler.sandbox.prometheus import Prometheus
 from reconciler.sandbox.site import GROUP
 from tests.e2e.kubectl import apply, kubectl
 from tests.e2e.support import report, wait_until
@@ -40,6 +42,7 @@ CSI_CONFIG = "ceph-csi-config"
 MAPPING_KEY = "cluster-mapping.json"
 API = f"/apis/{GROUP}/v1alpha1"
 CONVERGE = 90.0
+ALERT_RULES = Path(__file__).parents[2] / "config" / "prometheus" / "alerts.yaml"
 
 
 def controller_process(kubeconfig: Path, work: Path) -> site.ControllerProcess:
@@ -158,7 +161,7 @@ def world(
     """site-b after a failover: volumes mirrored and promoted, ceph-csi's Secret and config in
     place, the RBAC applied and the controller running as its ServiceAccount."""
     work = tmp_path_factory.mktemp("controllers")
-    names = ["one", "two", "three", "conflict", "jc", "dry", "not-primary"]
+    names = ["one", "two", "three", "conflict", "jc", "dry", "not-primary", "prom"]
     volumes = {
         f"ctl-{n}": cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, f"ctl-{n}")
         for n in [*names, *(f"r{i}" for i in range(8))]
@@ -634,3 +637,88 @@ def test_dry_run_writes_nothing_anywhere(failed_over: World) -> None:
         world.controller.stop()
         world.controller.start()
     wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
+
+
+def scraped(prometheus: Prometheus, expr: str) -> float | None:
+    """The single value of `expr` in a real Prometheus, or None while it has none."""
+    result = prometheus.query(expr)
+    return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+def ready_mappings(kube: KubeSandbox) -> int:
+    return sum(
+        (ready(m) or {}).get("status") == "True"
+        for m in kube_list(kube, f"{API}/volumehandlemappings")
+    )
+
+
+def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
+    failed_over: World, tmp_path: Path
+) -> None:
+    world = failed_over
+    stuck = pv_variant(world.volumes["ctl-prom"], "ctl-prom", secret="prom-credentials")
+    world.apply_pvs(stuck)
+    wait_for_reason(world.kube, world.controller, "ctl-prom", "SecretNotFound")
+    with Prometheus.start(tmp_path, [world.controller.health_address], [ALERT_RULES]) as prom:
+        # The runtime's series and the product's, from the leader's /metrics.
+        assert (
+            wait_until(
+                lambda: scraped(prom, "max(leader_election_master_status)"), 30, "the lease status"
+            )
+            == 1.0
+        )
+        assert wait_until(
+            lambda: scraped(
+                prom,
+                'controller_runtime_reconcile_total{controller="persistentvolume",'
+                'result="success"}',
+            ),
+            30,
+            "successful reconciles",
+        )
+        wait_until(
+            lambda: (scraped(prom, "rbd_mirror_reconciler_oldest_pending_volume_seconds") or 0) > 0,
+            30,
+            "a failover lag above 0",
+        )
+        assert (scraped(prom, "rbd_mirror_reconciler_volumes_pending") or 0) >= 1
+        # The shipped rule sees it: pending now, firing once its `for` has passed.
+        alert = wait_until(
+            lambda: next(
+                (
+                    a
+                    for a in prom.alerts()
+                    if a["labels"]["alertname"] == "RBDMirrorVolumeHandleMappingFailing"
+                    and a["labels"].get("reason") == "SecretNotFound"
+                ),
+                None,
+            ),
+            30,
+            "RBDMirrorVolumeHandleMappingFailing for SecretNotFound",
+        )
+        assert alert["state"] == "pending"
+
+        # Fixed: the Secret appears and the PV is retried; Prometheus counts it Ready.
+        key = (world.pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+        site.apply(
+            world.kube.kubeconfig,
+            site.ceph_csi_secret("prom-credentials", NAMESPACE, CSI_USER, key),
+        )
+        kubectl(world.kube, "annotate", "pv", "ctl-prom", f"{RETRY_ANNOTATION}=1")
+        wait_for_reason(world.kube, world.controller, "ctl-prom", "JournalRegenerated")
+        wait_until(
+            lambda: (
+                scraped(
+                    prom,
+                    'sum(rbd_mirror_reconciler_volume_handle_mappings{ready="true"})',
+                )
+                == ready_mappings(world.kube)
+            ),
+            30,
+            "Prometheus' count of Ready mappings to match the API server's",
+        )
+        remapped = scraped(prom, "rbd_mirror_reconciler_volume_remap_duration_seconds_count")
+        assert remapped is not None and remapped >= 1
+        exposed = urllib.request.urlopen(f"http://{world.controller.health_address}/metrics")
+        with exposed:
+            assert key not in exposed.read().decode()
