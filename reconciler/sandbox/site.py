@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,20 +47,23 @@ def install_crds(kubeconfig: Path) -> None:
     )
 
 
-def install_rbac(kubeconfig: Path, namespace: str, work: Path) -> Path:
-    """config/rbac as a deployment into `namespace` applies it; returns the overlay used."""
-    overlay = work / "rbac-overlay"
-    overlay.mkdir(parents=True, exist_ok=True)
-    # kustomize takes other kustomizations by relative path only.
-    rbac = os.path.relpath(REPO / "config" / "rbac", overlay)
-    (overlay / "kustomization.yaml").write_text(f"namespace: {namespace}\nresources:\n  - {rbac}\n")
+def install_rbac(kubeconfig: Path, namespace: str, work: Path, component: str = "rbac") -> Path:
+    """config/<component> (rbac: the controller's; rbac-csi: the CSI-side resolver's) applied
+    into `namespace` as a deployment would: a copy of the shipped kustomization with its
+    `namespace:` set. Returns the copy, for `kubectl delete -k`."""
+    copy = work / f"{component}-{namespace}"
+    shutil.copytree(REPO / "config" / component, copy, dirs_exist_ok=True)
+    kustomization = copy / "kustomization.yaml"
+    config = yaml.safe_load(kustomization.read_text())
+    config["namespace"] = namespace
+    kustomization.write_text(yaml.safe_dump(config, sort_keys=False))
     try:
         kubectl(kubeconfig, "create", "namespace", namespace)
     except CommandFailed as err:
         if "AlreadyExists" not in str(err):
             raise
-    kubectl(kubeconfig, "apply", "-k", str(overlay))
-    return overlay
+    kubectl(kubeconfig, "apply", "-k", str(copy))
+    return copy
 
 
 def ceph_csi_secret(name: str, namespace: str, user: str, key: str) -> dict[str, Any]:

@@ -35,10 +35,11 @@ from reconciler.csi import (
 )
 from reconciler.handle import VolumeHandle
 from reconciler.k8s import RateLimitedApiClient, Resource, make_api_client, request_json
+from reconciler.sandbox import site
 from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
 from reconciler.sandbox.process import free_port
-from tests.e2e.support import report
+from tests.e2e.support import report, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -377,6 +378,55 @@ def test_the_sync_facade_resolves_from_any_thread(kube: KubeSandbox, world: Worl
     with SyncResolver(kube.kubeconfig, csi_config_namespace=world.namespace) as resolver:
         found = resolver.resolve(some_handle, sync_timeout=SYNC_SECONDS)
     assert (found.how, found.volume_handle, found.cluster_id) == ("local", some_handle, local)
+
+
+@pytest.mark.parametrize("service_account", ["rbd-csi-provisioner", "rbd-csi-nodeplugin"])
+def test_ceph_csi_service_accounts_resolve_with_config_rbac_csi_and_nothing_more(
+    kube: KubeSandbox, world: World, tmp_path: Path, service_account: str
+) -> None:
+    copy = site.install_rbac(kube.kubeconfig, world.namespace, tmp_path, "rbac-csi")
+    try:
+        kubeconfig = kube.service_account_kubeconfig(world.namespace, service_account)
+        local = unique("here")
+        world.set_csi_config({local: ["192.0.2.3:6789"]})
+        some_handle = handle(local, 4)
+        with SyncResolver(kubeconfig, csi_config_namespace=world.namespace) as resolver:
+            # Syncing needs list on both CRDs and the ConfigMap ...
+            found = resolver.resolve(some_handle, sync_timeout=SYNC_SECONDS)
+            assert (found.how, found.volume_handle) == ("local", some_handle)
+            # ... and only a watch brings later changes in.
+            later = unique("later")
+            world.set_csi_config({local: ["192.0.2.3:6789"], later: ["192.0.2.4:6789"]})
+
+            def resolves_later() -> bool:
+                try:
+                    return resolver.resolve(handle(later, 4)).cluster_id == later
+                except VolumeNotFound:
+                    return False
+
+            wait_until(resolves_later, 10, f"the resolver to see {later} through its watch")
+
+        def can(*request: str) -> str:
+            answer = subprocess.run(
+                ["kubectl", "--kubeconfig", str(kubeconfig), "auth", "can-i", *request],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            return answer.stdout.strip()
+
+        assert can("watch", "volumehandlemappings.rbdmirror.csi.ceph.io") == "yes"
+        assert can("patch", "volumehandlemappings.rbdmirror.csi.ceph.io") == "no"
+        assert can("get", "secrets", "-n", world.namespace) == "no"
+        assert can("list", "configmaps", "-n", "kube-system") == "no"
+    finally:
+        subprocess.run(
+            ["kubectl", "--kubeconfig", str(kube.kubeconfig), "delete", "-k", str(copy)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def cli(kube: KubeSandbox, world: World, *args: str) -> subprocess.CompletedProcess[str]:
