@@ -92,6 +92,12 @@ class MappingSpec:
             ),
         )
 
+    @property
+    def within_one_cluster(self) -> bool:
+        """Both sites share one clusterID (Rook names it after its namespace on each site, e.g.
+        "rook-ceph"): handles then differ by pool ID alone."""
+        return self.site_a == self.site_b
+
     def counterpart(self, cluster_id: str) -> str | None:
         if cluster_id == self.site_a:
             return self.site_b
@@ -171,6 +177,17 @@ def mapped_through(mappings: Informer, cluster_id: str, local_cluster_id: str) -
     raise ClusterNotMapped(cluster_id, "; ".join(why))
 
 
+def maps_within(mappings: Informer, cluster_id: str) -> bool:
+    """Whether a Ready mapping maps `cluster_id` to itself: then PVs whose handle names the local
+    clusterID may still come from the other site, and are regenerated like remote ones."""
+    return any(
+        is_ready(c)
+        and c["status"].get("localClusterID") == cluster_id
+        and c["status"].get("remoteClusterID") == cluster_id
+        for c in mappings.store.by_index(CIDM_CLUSTER_INDEX, cluster_id)
+    )
+
+
 def usability(obj: KubeObject) -> tuple[bool, str, str, str]:
     """What the PV controller reads of a mapping (the reason goes into PVs' ClusterNotMapped
     messages); PVs are re-queued only when this changes, not when pool IDs are learnt."""
@@ -211,9 +228,11 @@ class ClusterIDMappingReconciler:
         """Mappings that still lack the remote ID of this PV's pool (learnt from its handle)."""
         handle = pv_handle(event.obj)
         pool = pv_pool(event.obj)
-        if handle is None or not pool or handle.cluster_id == self.local_cluster_id:
+        if handle is None or not pool:
             return []
-        return self._lacking(handle.cluster_id, pool, "remotePoolID")
+        # A local handle can only teach a mapping of the local clusterID to itself.
+        within_only = handle.cluster_id == self.local_cluster_id
+        return self._lacking(handle.cluster_id, pool, "remotePoolID", within_only=within_only)
 
     def mappings_learning_from_handle_mapping(self, event: Event) -> list[str]:
         """Mappings that still lack the local ID of the pool this VolumeHandleMapping resolved."""
@@ -222,9 +241,13 @@ class ClusterIDMappingReconciler:
             return []
         return self._lacking(self.local_cluster_id, str(status["pool"]), "localPoolID")
 
-    def _lacking(self, cluster_id: str, pool: str, field: str) -> list[str]:
+    def _lacking(
+        self, cluster_id: str, pool: str, field: str, *, within_only: bool = False
+    ) -> list[str]:
         keys = []
         for obj in self.mappings.store.by_index(CIDM_CLUSTER_INDEX, cluster_id):
+            if within_only and not MappingSpec.from_object(obj).within_one_cluster:
+                continue
             pools = {p.get("name"): p for p in (obj.get("status") or {}).get("rbdPools") or []}
             if pool in pools and pools[pool].get(field) is None:
                 keys.append(obj["metadata"]["name"])
@@ -303,6 +326,8 @@ class ClusterIDMappingReconciler:
         return condition(READY, True, "Mapped", message, generation), agreed
 
     def _pools(self, spec: MappingSpec, local: str, remote: str) -> list[dict[str, Any]]:
+        if spec.within_one_cluster:
+            return self._pools_within(spec, local)
         local_ids, remote_ids = spec.pool_ids(local), spec.pool_ids(remote)
         pools = []
         for pool in spec.pools:
@@ -318,6 +343,25 @@ class ClusterIDMappingReconciler:
             pools.append(entry)
         return pools
 
+    def _pools_within(self, spec: MappingSpec, cluster_id: str) -> list[dict[str, Any]]:
+        """Pools of a mapping of `cluster_id` to itself. The spec's sides cannot say which site
+        is this one, so the local ID is always the one regeneration looked up here; the remote
+        ID is then the spec's other ID, else the one other pool ID the PVs' handles carry."""
+        pools = []
+        for pool in spec.pools:
+            entry: dict[str, Any] = {"name": pool.name}
+            local_id = self._learnt_local_id(cluster_id, pool.name)
+            if local_id is not None:
+                entry |= {"localPoolID": local_id, "localPoolIDSource": "LocalCluster"}
+                given = (pool.site_a, pool.site_b)
+                if None not in given and local_id in given:
+                    remote_id = given[1] if given[0] == local_id else given[0]
+                    entry |= {"remotePoolID": remote_id, "remotePoolIDSource": "Spec"}
+                elif (found := self._learnt_remote_id(cluster_id, pool.name, local_id)) is not None:
+                    entry |= {"remotePoolID": found, "remotePoolIDSource": "VolumeHandle"}
+            pools.append(entry)
+        return pools
+
     def _learnt_local_id(self, local: str, pool: str) -> int | None:
         found = {
             vhm["status"]["poolID"]
@@ -325,11 +369,13 @@ class ClusterIDMappingReconciler:
         }
         return _only(found)
 
-    def _learnt_remote_id(self, remote: str, pool: str) -> int | None:
+    def _learnt_remote_id(self, remote: str, pool: str, local_id: int | None = None) -> int | None:
+        """The pool ID the handles of `remote`'s PVs carry; with `local_id`, other than it (the
+        handles of a clusterID mapped to itself include the volumes provisioned here)."""
         found = set()
         for pv in self.volumes.store.by_index(PV_POOL_INDEX, f"{remote}/{pool}"):
             handle = pv_handle(pv)
-            if handle is not None:
+            if handle is not None and handle.pool_id != local_id:
                 found.add(handle.pool_id)
         return _only(found)
 

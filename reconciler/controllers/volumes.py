@@ -5,7 +5,10 @@ Which PVs: those of the configured driver with a claimRef, not being deleted, no
 `staticVolume: "true"`. A PV whose handle already names the local clusterID needs nothing (ceph-csi
 provisioned it here) and gets no mapping: no object, no API call and no Ceph I/O, so 10k local PVs
 cost a handle decode each. Should a mapping exist for it from an earlier, remote handle, it is
-deleted, since it no longer describes the PV.
+deleted, since it no longer describes the PV. The exception is a clusterID that both sites share
+(Rook names it after its namespace, "rook-ceph", on each): once a Ready ClusterIDMapping maps it to
+itself, its PVs may come from either site, so each is regenerated; one whose journal is in place
+and whose handle is unchanged was provisioned here and still gets no mapping.
 
 For the others: the handle's clusterID is mapped through Ready ClusterIDMappings, monitors and
 radosNamespace come from ceph-csi-config, credentials from the PV's controllerExpandSecretRef
@@ -35,6 +38,7 @@ from reconciler.controllers.clusteridmapping import (
     MappingSpec,
     mapped_through,
     mapping_pending,
+    maps_within,
     reconciled,
     usability,
 )
@@ -153,7 +157,9 @@ class VolumeReconciler:
         ):
             return []
         spec = MappingSpec.from_object(event.obj)
-        clusters = {spec.site_a, spec.site_b} - {self.settings.local_cluster_id}
+        clusters = {spec.site_a, spec.site_b}
+        if not spec.within_one_cluster:
+            clusters.discard(self.settings.local_cluster_id)
         return sorted(
             {
                 pv["metadata"]["name"]
@@ -221,7 +227,8 @@ class VolumeReconciler:
         try:
             volume = CSIVolume.from_pv(pv)
             handle = VolumeHandle.decode(volume.volume_handle)
-            if handle.cluster_id == self.settings.local_cluster_id:
+            local_handle = handle.cluster_id == self.settings.local_cluster_id
+            if local_handle and not maps_within(self.mappings, handle.cluster_id):
                 await self._delete_stale(existing)
                 return None
             if mapping_pending(self.mappings, handle.cluster_id):
@@ -238,6 +245,13 @@ class VolumeReconciler:
             if err.retryable:
                 raise
             raise TerminalError(str(err)) from err
+        if (
+            local_handle
+            and existing is None
+            and not regeneration.written
+            and regeneration.new_handle == volume.volume_handle
+        ):
+            return None  # provisioned here: journal in place, handle already local
         if self.settings.dry_run:
             log.info("dry run: would regenerate", extra={"pv": key, **regeneration.to_json()})
             return None

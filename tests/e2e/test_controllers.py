@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.controllers.kinds import RETRY_ANNOTATION, volume_handle_selector
 from reconciler.sandbox import cephcsi, site
@@ -722,3 +723,62 @@ def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
         exposed = urllib.request.urlopen(f"http://{world.controller.health_address}/metrics")
         with exposed:
             assert key not in exposed.read().decode()
+
+
+def queue_idle(controller: site.ControllerProcess, name: str) -> bool:
+    """No key of controller `name` waiting or being reconciled, by the process' /metrics."""
+    url = f"http://{controller.health_address}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("name") == name
+    }
+    return samples["workqueue_depth"] == 0 and samples["workqueue_unfinished_work_seconds"] == 0
+
+
+def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(failed_over: World) -> None:
+    """Rook names both sites' clusterID after its namespace: an old handle then names site-b's
+    own clusterID and differs from a local one by its pool ID alone."""
+    world = failed_over
+    pair = world.pair
+    pool_b = pair.site_b.pool_id(pair.pool)
+    from_a = cephcsi.provision(pair.site_a, SITE_B_ID, pair.pool, "ctl-same-id")
+    cephcsi.fail_over(pair, [from_a])
+    born_here = cephcsi.provision(pair.site_b, SITE_B_ID, pair.pool, "ctl-born-here")
+    here_version = object_version(pair, pair.pool, f"csi.volume.{born_here.object_uuid}")
+    world.apply_pvs(from_a.pv(), born_here.pv())
+    result = apply(world.kube, cluster_id_mapping("one-clusterid", SITE_B_ID))
+    assert result.returncode == 0, result.stderr
+    try:
+        converged = wait_for_reason(
+            world.kube, world.controller, "ctl-same-id", "JournalRegenerated"
+        )
+        assert converged["status"]["newVolumeHandle"] == cephcsi.ceph_csi_handle(
+            SITE_B_ID, pool_b, from_a.object_uuid
+        )
+        assert converged["status"]["clusterIDMappings"] == ["one-clusterid"]
+        per_volume = cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{from_a.object_uuid}")
+        assert per_volume is not None and per_volume["csi.volname"] == b"ctl-same-id"
+        # The mapping learns the local ID here and the remote one from site-a's handle alone.
+        pool_a = pair.site_a.pool_id(pair.pool)
+
+        def learnt() -> list[dict[str, Any]] | None:
+            obj = get(world.kube, f"{API}/clusteridmappings/one-clusterid") or {}
+            pools = (obj.get("status") or {}).get("rbdPools") or []
+            return pools if pools and "remotePoolID" in pools[0] else None
+
+        pools = wait_until(learnt, CONVERGE, "one-clusterid to learn both pool IDs")
+        assert (pools[0]["localPoolID"], pools[0]["remotePoolID"]) == (pool_b, pool_a)
+        # The volume provisioned here was looked at and left alone: no mapping, no write.
+        wait_until(
+            lambda: queue_idle(world.controller, "persistentvolume"), 30, "the PV queue idle"
+        )
+        assert handle_mapping(world.kube, "ctl-born-here") is None
+        assert (
+            object_version(pair, pair.pool, f"csi.volume.{born_here.object_uuid}") == here_version
+        )
+    finally:
+        kubectl(world.kube, "delete", "cidm", "one-clusterid")

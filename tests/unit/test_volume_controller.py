@@ -256,3 +256,11 @@ def test_pending_volumes_are_remote_pvs_without_a_ready_mapping_for_their_handle
     store.upsert(ready_mapping("a-2", handle("site-a"), ready=False))
     store.upsert(ready_mapping("c-1", handle("site-c", pool_id=9)))  # an earlier handle
     assert pending() == ["a-2", "c-1"]
+
+
+def test_a_mapping_of_the_local_clusterid_to_itself_re_queues_the_local_pvs(
+    reconciler: VolumeReconciler,
+) -> None:
+    within = mapping("rook", LOCAL, ready=True)
+    within["status"]["remoteClusterID"] = LOCAL
+    assert reconciler.volumes_of_mapping(event(EventType.ADDED, within)) == ["b-1"]
