@@ -15,8 +15,13 @@ from reconciler.handle import DEFAULT_IMAGE_PREFIX
 
 #: ceph-csi's default KMS ID when a volume is encrypted without naming one.
 DEFAULT_KMS_ID = "default"
+#: What ceph-csi's CreateVolume wrote on the old site when the StorageClass named no type, so a PV
+#: without `encryptionType` describes a block-encrypted volume.
 DEFAULT_ENCRYPTION_TYPE = "block"
 ENCRYPTION_TYPES = frozenset({"block", "file"})
+#: The spellings Go's strconv.ParseBool accepts, which is how ceph-csi reads `encrypted`.
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 
 @dataclass(frozen=True)
@@ -43,31 +48,51 @@ class CSIVolume:
 
     @property
     def static(self) -> bool:
-        return self.attributes.get("staticVolume", "").lower() == "true"
+        # ceph-csi compares the value with "true" exactly: "True" is not a static volume to it.
+        return self.attributes.get("staticVolume", "") == "true"
 
     def image_name(self, object_uuid: str) -> str:
-        name = self.attributes.get("imageName") or DEFAULT_IMAGE_PREFIX + object_uuid
-        if not name.endswith(object_uuid):
+        """`<volumeNamePrefix or csi-vol-><uuid>`, the name ceph-csi derives when it regenerates
+        the journal; an `imageName` attribute that says otherwise makes the PV inconsistent."""
+        derived = (self.attributes.get("volumeNamePrefix") or DEFAULT_IMAGE_PREFIX) + object_uuid
+        stated = self.attributes.get("imageName")
+        if stated is not None and stated != derived:
             raise InvalidVolume(
                 self.pv_name,
-                f"volumeAttributes.imageName {name!r} does not end with the handle's "
-                f"UUID {object_uuid}",
+                f"volumeAttributes.imageName {stated!r} differs from {derived!r}, the name "
+                "ceph-csi derives from volumeNamePrefix (default csi-vol-) and the handle's UUID",
             )
-        return name
+        return derived
 
     def encryption(self) -> tuple[str, str]:
         """(KMS ID, encryption type) for the journal; empty strings for a plain volume."""
-        if self.attributes.get("encrypted", "").lower() != "true":
+        if not self._encrypted():
             return "", ""
         kms_id = self.attributes.get("encryptionKMSID") or DEFAULT_KMS_ID
-        kind = self.attributes.get("encryptionType") or DEFAULT_ENCRYPTION_TYPE
+        kind = self.attributes.get("encryptionType", DEFAULT_ENCRYPTION_TYPE)
         if kind not in ENCRYPTION_TYPES:
+            # An empty value included: ceph-csi's FetchEncryptionType calls it invalid.
             raise InvalidVolume(
                 self.pv_name,
                 f"volumeAttributes.encryptionType {kind!r} is not one of "
                 f"{', '.join(sorted(ENCRYPTION_TYPES))}",
             )
         return kms_id, kind
+
+    def _encrypted(self) -> bool:
+        value = self.attributes.get("encrypted")
+        if value is None:
+            return False
+        if value in _GO_TRUE:
+            return True
+        if value in _GO_FALSE:
+            return False
+        # ceph-csi fails such a volume rather than guess; so does regeneration.
+        raise InvalidVolume(
+            self.pv_name,
+            f"volumeAttributes.encrypted {value!r} is not a boolean as Go's strconv.ParseBool "
+            "reads one (1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)",
+        )
 
     @classmethod
     def from_pv(cls, pv: Mapping[str, Any]) -> CSIVolume:
