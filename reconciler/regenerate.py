@@ -8,6 +8,7 @@ writes nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +23,8 @@ from reconciler.journal import (
     VolumeReservation,
 )
 from reconciler.volume import CSIVolume
+
+log = logging.getLogger(__name__)
 
 
 class CephCluster(OmapStore, Protocol):
@@ -84,7 +87,21 @@ async def plan_regeneration(
     old = VolumeHandle.decode(volume.volume_handle)
     image_name = volume.image_name(old.object_uuid)
     kms_id, encryption_type = volume.encryption()
-    namespace = local.rados_namespace or volume.attributes.get("radosNamespace", "")
+    # ceph-csi on this site reads the namespace from its config alone, so the journal must be
+    # there. A PV attribute naming another one describes the old site (rbd-mirror may map
+    # namespaces between sites): it is followed by nothing ceph-csi does here, so it is not an
+    # error, but the divergence is logged rather than passed over.
+    namespace = local.rados_namespace
+    pv_namespace = volume.attributes.get("radosNamespace")
+    if pv_namespace is not None and pv_namespace != namespace:
+        log.warning(
+            "PV %s: volumeAttributes.radosNamespace %r is not %r, the namespace in ceph-csi's "
+            "config for %s; the journal follows the config, which is what ceph-csi reads",
+            volume.pv_name,
+            pv_namespace,
+            namespace,
+            local.cluster_id,
+        )
     image_pool_id = await ceph.pool_id(volume.pool)
     journal_pool_id = (
         image_pool_id
