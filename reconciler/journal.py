@@ -83,8 +83,9 @@ def name_key(request_name: str) -> str:
 
 
 def pool_id_hex(pool_id: int) -> str:
-    """A pool ID as ceph-csi stores it: int64 as big-endian uint64, 16 lower-case hex digits."""
-    return f"{pool_id % (1 << 64):016x}"
+    """A pool ID as ceph-csi stores it: big-endian, 16 lower-case hex digits. Never negative
+    (a `VolumeReservation` refuses one), so no two's complement is needed."""
+    return f"{pool_id:016x}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,18 @@ class VolumeReservation:
     encryption_type: str = ""
     #: (old handle, new handle) for the key older ceph-csi releases read; None to skip it.
     legacy_mapping: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        # Ceph never hands out a negative pool ID, and ceph-csi takes -1 for "no pool": encoding
+        # one would write a journal ceph-csi cannot use.
+        for pool, pool_id in (
+            (self.image_pool, self.image_pool_id),
+            (self.journal_pool, self.journal_pool_id),
+        ):
+            if pool_id < 0:
+                raise ValueError(
+                    f"pool {pool!r} has ID {pool_id}: a Ceph pool ID is never negative"
+                )
 
     @property
     def separate_journal(self) -> bool:

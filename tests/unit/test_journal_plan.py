@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -89,12 +90,25 @@ async def test_fresh_volume_then_nothing() -> None:
 
 async def test_separate_journal_pool_prefixes_the_image_pool_id() -> None:
     store = MemoryStore()
-    r = replace(RESERVATION, journal_pool="journal", journal_pool_id=-1)
+    r = replace(RESERVATION, journal_pool="journal", journal_pool_id=26)
     await regenerate(store, r)
     directory = store.objects[("journal", "", "csi.volumes.default")]
     assert directory == {"csi.volume.pvc-1": f"0000000000000002/{UUID}".encode()}
     per_volume = store.objects[("replicapool", "", f"csi.volume.{UUID}")]
-    assert per_volume["csi.journalpool"] == b"ffffffffffffffff"
+    assert per_volume["csi.journalpool"] == b"000000000000001a"
+
+
+@pytest.mark.parametrize(
+    ("pool_ids", "named"),
+    [
+        ({"journal_pool": "journal", "journal_pool_id": -1}, "pool 'journal' has ID -1"),
+        ({"image_pool_id": -1, "journal_pool_id": -1}, "pool 'replicapool' has ID -1"),
+    ],
+)
+def test_a_negative_pool_id_is_refused_not_encoded(pool_ids: dict[str, Any], named: str) -> None:
+    # ceph-csi reads -1 as "no pool"; written as ffffffffffffffff it would name none.
+    with pytest.raises(ValueError, match=named):
+        replace(RESERVATION, **pool_ids)
 
 
 async def test_failed_directory_write_undoes_the_object_it_created() -> None:
