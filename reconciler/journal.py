@@ -8,10 +8,13 @@
                                               [csi.volume.encryptKMS, csi.volume.encryptionType]
 
 Writing is planned first from what is on Ceph now, then applied, so a dry run shows exactly what
-a real run writes and a converged volume plans nothing. The writes go in ceph-csi's order, each
-one atomic (RADOS applies one op on one object whole): the per-volume object is created with all
-its keys at once, then the directory key points at it. A run that fails half-way undoes what it
-created; a run killed half-way leaves a state the next plan completes.
+a real run writes and a converged volume plans nothing. Each write is atomic (RADOS applies one
+op on one object whole). ceph-csi creates the per-volume object, points the directory key at it,
+then sets the object's keys; here the object is created with all its keys in one op and the
+directory key is set last, so a directory key never points at an object without them. A directory
+key whose per-volume object is missing is stale (ceph-csi's check-reservation rule) and is
+overwritten. A run that fails half-way undoes what it wrote, putting back any value it replaced; a
+run killed half-way leaves a state the next plan completes.
 
 This module knows Ceph objects and nothing of Kubernetes.
 """
@@ -161,6 +164,8 @@ class OmapWrite:
     values: Mapping[str, str]
     #: Create the object, failing if it exists: what reserves the UUID.
     exclusive_create: bool = False
+    #: The values the keys held when planned, for keys that existed: what an undo puts back.
+    replaced: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,12 +238,21 @@ class VolumeJournal:
         plan = JournalPlan(r)
         want_volume = r.volume_values()
 
-        if entry.directory_value is not None and entry.directory_value != r.directory_value():
-            raise JournalConflict(
+        stale = entry.directory_value
+        if stale is not None and stale != r.directory_value():
+            # The request name is reserved for another UUID. Only a reservation whose object is
+            # gone may be replaced; a live one belongs to some volume a human must look at.
+            if await self._reserved_object_exists(r, stale):
+                raise JournalConflict(
+                    r.journal_pool, r.directory, entry.directory_key, stale, r.directory_value()
+                )
+            log.warning(
+                "directory key %s in %s/%s names %r, whose per-volume object is missing: "
+                "stale, to be replaced by %r",
+                entry.directory_key,
                 r.journal_pool,
                 r.directory,
-                entry.directory_key,
-                entry.directory_value,
+                stale,
                 r.directory_value(),
             )
         if entry.volume_values is None:
@@ -263,25 +277,56 @@ class VolumeJournal:
                         r.image_pool, r.volume_object, key, found[key], "<no such key>"
                     )
             if changes:
-                plan.writes.append(OmapWrite(r.image_pool, r.volume_object, changes))
+                replaced = {key: found[key] for key in changes if key in found}
+                plan.writes.append(
+                    OmapWrite(r.image_pool, r.volume_object, changes, replaced=replaced)
+                )
         directory_changes: dict[str, str] = {}
-        if entry.directory_value is None:
+        if entry.directory_value != r.directory_value():
             directory_changes[entry.directory_key] = r.directory_value()
         if r.legacy_mapping is not None:
             old, new = r.legacy_mapping
             if entry.directory_values.get(name_key(old)) != new:
                 directory_changes[name_key(old)] = new
         if directory_changes:
-            plan.writes.append(OmapWrite(r.journal_pool, r.directory, directory_changes))
+            replaced = {
+                key: entry.directory_values[key]
+                for key in directory_changes
+                if key in entry.directory_values
+            }
+            plan.writes.append(
+                OmapWrite(r.journal_pool, r.directory, directory_changes, replaced=replaced)
+            )
         return plan
 
+    async def _reserved_object_exists(self, r: VolumeReservation, directory_value: str) -> bool:
+        """Whether the per-volume object a directory value names exists, looked up where ceph-csi
+        looks: `<uuid>` in the journal pool, `<16-hex pool ID>/<uuid>` in that pool. A value
+        naming a pool this reservation does not know counts as existing: a conflict, since
+        nothing here can check it."""
+        parts = directory_value.split("/")
+        if len(parts) == 1:
+            pool, object_uuid = r.journal_pool, parts[0]
+        elif len(parts) == 2 and parts[0] == pool_id_hex(r.image_pool_id):
+            pool, object_uuid = r.image_pool, parts[1]
+        elif len(parts) == 2 and parts[0] == pool_id_hex(r.journal_pool_id):
+            pool, object_uuid = r.journal_pool, parts[1]
+        else:
+            return True
+        found = await self.store.omap_get(
+            pool, r.namespace, volume_object(object_uuid), [KEY_VOLNAME]
+        )
+        return found is not None
+
     async def apply(self, plan: JournalPlan) -> None:
-        """Carry out `plan` in order; on failure undo what this call created, then re-raise."""
+        """Carry out `plan` in order; on failure undo what this call wrote, then re-raise."""
         r = plan.reservation
+        attempted: list[OmapWrite] = []
         created_object = False
-        set_directory_key = False
         try:
             for write in plan.writes:
+                # Counted before the call: a write that times out may still have been applied.
+                attempted.append(write)
                 await self.store.omap_set(
                     write.pool,
                     r.namespace,
@@ -290,25 +335,35 @@ class VolumeJournal:
                     exclusive_create=write.exclusive_create,
                 )
                 created_object |= write.exclusive_create
-                set_directory_key |= (
-                    write.oid == r.directory and name_key(r.request_name) in write.values
-                )
         except BaseException:
-            await self._undo(r, created_object, set_directory_key)
+            await self._undo(r, attempted, created_object)
             raise
 
     async def _undo(
-        self, r: VolumeReservation, created_object: bool, set_directory_key: bool
+        self, r: VolumeReservation, attempted: list[OmapWrite], created_object: bool
     ) -> None:
-        """ceph-csi's undo rule, inverse order of creation, limited to what this run made."""
+        """ceph-csi's undo rule, in inverse order of the writes, limited to what this run wrote:
+        the object it created is removed, keys it added are removed, and values it replaced (a
+        stale directory key, an old image ID) are put back. An exclusive create that failed made
+        nothing: the object there is someone else's. Each step is tried even if one fails."""
         log.warning(
             "reservation of %s failed half-way; undoing what this attempt wrote", r.request_name
         )
-        if set_directory_key:
-            with contextlib.suppress(CephError):
-                await self.store.omap_remove(
-                    r.journal_pool, r.namespace, r.directory, [name_key(r.request_name)]
-                )
-        if created_object:
-            with contextlib.suppress(CephError):
-                await self.store.remove_object(r.image_pool, r.namespace, r.volume_object)
+        for write in reversed(attempted):
+            if write.exclusive_create:
+                if created_object:
+                    with contextlib.suppress(CephError):
+                        await self.store.remove_object(write.pool, r.namespace, write.oid)
+                continue
+            added = [key for key in write.values if key not in write.replaced]
+            if added:
+                with contextlib.suppress(CephError):
+                    await self.store.omap_remove(write.pool, r.namespace, write.oid, added)
+            if write.replaced:
+                with contextlib.suppress(CephError):
+                    await self.store.omap_set(
+                        write.pool,
+                        r.namespace,
+                        write.oid,
+                        {k: v.encode() for k, v in write.replaced.items()},
+                    )

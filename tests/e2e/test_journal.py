@@ -32,7 +32,16 @@ SITE_B = LocalCluster(SITE_B_ID)
 @pytest.fixture(scope="module")
 def failed_over(ceph_pair: SitePair) -> Iterator[dict[str, Provisioned]]:
     """Volumes provisioned on site-a as ceph-csi would, mirrored and promoted on site-b."""
-    names = ["pvc-main", "pvc-dry", "pvc-cli", "pvc-crash", "pvc-enc", "pvc-legacy", "pvc-moved"]
+    names = [
+        "pvc-main",
+        "pvc-dry",
+        "pvc-cli",
+        "pvc-crash",
+        "pvc-enc",
+        "pvc-legacy",
+        "pvc-moved",
+        "pvc-stale",
+    ]
     volumes = {
         name: cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, name) for name in names
     }
@@ -151,7 +160,8 @@ async def test_conflicting_directory_key_writes_nothing(
     ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
 ) -> None:
     volume = failed_over["pvc-legacy"]
-    # Another volume already holds this PV name in site-b's journal.
+    # Another volume, alive (its per-volume object exists), already holds this PV name in
+    # site-b's journal.
     other_uuid = str(uuid.uuid4())
     ceph_pair.site_b.rados(
         volume.pool,
@@ -160,6 +170,9 @@ async def test_conflicting_directory_key_writes_nothing(
         f"csi.volume.{volume.pv_name}",
         other_uuid,
     )
+    ceph_pair.site_b.rados(
+        volume.pool, "setomapval", f"csi.volume.{other_uuid}", "csi.volname", "pvc-someone-else"
+    )
     before = journal_snapshot(ceph_pair, volume.pool)
     with pytest.raises(JournalConflict) as conflict:
         await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
@@ -167,13 +180,50 @@ async def test_conflicting_directory_key_writes_nothing(
     assert (conflict.value.found, conflict.value.expected) == (other_uuid, volume.object_uuid)
     assert "nothing was written" in str(conflict.value)
     assert journal_snapshot(ceph_pair, volume.pool) == before
-    # Once the stray key is gone the same volume regenerates, with the legacy key as asked.
+    # Once the stray reservation is gone the same volume regenerates, with the legacy key as asked.
     ceph_pair.site_b.rados(
         volume.pool, "rmomapkey", "csi.volumes.default", f"csi.volume.{volume.pv_name}"
     )
+    ceph_pair.site_b.rados(volume.pool, "rm", f"csi.volume.{other_uuid}")
     done = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B, legacy_handle_key=True)
     directory = cephcsi.omap(ceph_pair.site_b, volume.pool, "csi.volumes.default") or {}
     assert directory[f"csi.volume.{volume.handle}"] == done.new_handle.encode()
+
+
+async def test_a_stale_directory_key_is_replaced_and_the_reservation_redone(
+    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+) -> None:
+    volume = failed_over["pvc-stale"]
+    site = ceph_pair.site_b
+    # The PV name is reserved for another UUID whose per-volume object is gone: stale, by
+    # ceph-csi's check-reservation rule.
+    stale_uuid = str(uuid.uuid4())
+    site.rados(
+        volume.pool, "setomapval", "csi.volumes.default", f"csi.volume.{volume.pv_name}", stale_uuid
+    )
+    assert f"csi.volume.{stale_uuid}" not in cephcsi.objects(site, volume.pool, "csi.volume.")
+    before = journal_snapshot(ceph_pair, volume.pool)
+
+    result = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
+
+    assert result.new_handle == cephcsi.ceph_csi_handle(
+        SITE_B_ID, site.pool_id(volume.pool), volume.object_uuid
+    )
+    assert result.written == [
+        "csi.volname",
+        "csi.imagename",
+        "csi.imageid",
+        "csi.volume.owner",
+        f"csi.volume.{volume.pv_name}",
+    ]
+    after = journal_snapshot(ceph_pair, volume.pool)
+    volume_object = f"csi.volume.{volume.object_uuid}"
+    assert set(after) - set(before) == {volume_object}
+    assert after["csi.volumes.default"] == (before["csi.volumes.default"] or {}) | {
+        f"csi.volume.{volume.pv_name}": volume.object_uuid.encode()
+    }
+    assert after[volume_object] == expected_on_site_b(ceph_pair, volume)
+    assert (await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)).written == []
 
 
 async def test_owner_and_image_id_are_reset_but_a_foreign_volname_is_a_conflict(

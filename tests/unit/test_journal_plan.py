@@ -14,6 +14,8 @@ from reconciler.errors import CephUnavailable, JournalConflict
 from reconciler.journal import VolumeJournal, VolumeReservation
 
 UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
+OTHER_UUID = "9f1e2d3c-18fb-11eb-a903-0242ac110005"
+DIRECTORY = ("replicapool", "", "csi.volumes.default")
 RESERVATION = VolumeReservation(
     request_name="pvc-1",
     object_uuid=UUID,
@@ -28,11 +30,13 @@ RESERVATION = VolumeReservation(
 
 
 class MemoryStore:
-    """pool -> object -> omap; `fail_on` makes writes to one object fail like an OSD timeout."""
+    """pool -> object -> omap; `fail_on` makes writes to one object fail like an OSD timeout,
+    before they apply or (`fail_after_applying`) after: a timeout whose op still went through."""
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, bytes]] = {}
         self.fail_on: str | None = None
+        self.fail_after_applying = False
 
     async def omap_get(
         self, pool: str, namespace: str, oid: str, keys: Sequence[str] | None = None
@@ -51,12 +55,16 @@ class MemoryStore:
         *,
         exclusive_create: bool = False,
     ) -> None:
-        if oid == self.fail_on:
+        failing = oid == self.fail_on
+        if failing and not self.fail_after_applying:
             raise CephUnavailable("injected")
         key = (pool, namespace, oid)
         if exclusive_create and key in self.objects:
             raise ObjectExists(pool, namespace, oid)
         self.objects.setdefault(key, {}).update(values)
+        if failing:
+            self.fail_on = None  # the undo that follows gets through
+            raise CephUnavailable("injected after applying")
 
     async def omap_remove(self, pool: str, namespace: str, oid: str, keys: Sequence[str]) -> None:
         for k in keys:
@@ -142,7 +150,6 @@ async def test_empty_reserved_object_is_completed() -> None:
 @pytest.mark.parametrize(
     ("oid", "key", "value"),
     [
-        ("csi.volumes.default", "csi.volume.pvc-1", b"another-uuid"),
         (f"csi.volume.{UUID}", "csi.volname", b"pvc-other"),
         (f"csi.volume.{UUID}", "csi.imagename", b"csi-vol-other"),
         (f"csi.volume.{UUID}", "csi.volume.encryptKMS", b"vault"),
@@ -157,6 +164,81 @@ async def test_conflicts_write_nothing(oid: str, key: str, value: bytes) -> None
     assert (conflict.value.object, conflict.value.key) == (oid, key)
     assert conflict.value.found == value.decode()
     assert store.objects == before
+
+
+@pytest.mark.parametrize(
+    ("directory_value", "live_object"),
+    [
+        # Another volume's reservation, its per-volume object in place (whatever its volname).
+        (OTHER_UUID, {"csi.volname": b"pvc-other"}),
+        (OTHER_UUID, {"csi.volname": b"pvc-1"}),
+        (OTHER_UUID, {}),
+        # A pool this reservation does not know: whether its object exists cannot be checked.
+        (f"00000000000000ff/{OTHER_UUID}", None),
+    ],
+)
+async def test_a_directory_key_held_by_a_live_reservation_is_a_conflict(
+    directory_value: str, live_object: dict[str, bytes] | None
+) -> None:
+    store = MemoryStore()
+    await store.omap_set(*DIRECTORY, {"csi.volume.pvc-1": directory_value.encode()})
+    if live_object is not None:
+        await store.omap_set("replicapool", "", f"csi.volume.{OTHER_UUID}", live_object)
+    before = {k: dict(v) for k, v in store.objects.items()}
+    with pytest.raises(JournalConflict) as conflict:
+        await regenerate(store, RESERVATION)
+    assert (conflict.value.object, conflict.value.key) == (
+        "csi.volumes.default",
+        "csi.volume.pvc-1",
+    )
+    assert (conflict.value.found, conflict.value.expected) == (directory_value, UUID)
+    assert store.objects == before
+
+
+@pytest.mark.parametrize("stale", [OTHER_UUID, f"0000000000000002/{OTHER_UUID}", "garbage"])
+async def test_a_stale_directory_key_is_replaced_and_the_reservation_redone(stale: str) -> None:
+    # ceph-csi's rule: a directory key whose per-volume object is missing is stale.
+    store = MemoryStore()
+    await store.omap_set(*DIRECTORY, {"csi.volume.pvc-1": stale.encode(), "csi.volume.b": b"x"})
+    plan = await VolumeJournal(store).plan(RESERVATION)
+    assert plan.writes[-1].replaced == {"csi.volume.pvc-1": stale}
+    await VolumeJournal(store).apply(plan)
+    assert store.objects[DIRECTORY] == {"csi.volume.pvc-1": UUID.encode(), "csi.volume.b": b"x"}
+    assert store.objects[("replicapool", "", f"csi.volume.{UUID}")] == {
+        "csi.volname": b"pvc-1",
+        "csi.imagename": f"csi-vol-{UUID}".encode(),
+        "csi.imageid": b"abc123",
+        "csi.volume.owner": b"apps",
+    }
+    assert await regenerate(store, RESERVATION) == []
+
+
+@pytest.mark.parametrize("applied", [False, True])
+async def test_a_failed_run_puts_the_stale_directory_value_back(applied: bool) -> None:
+    store = MemoryStore()
+    await store.omap_set(*DIRECTORY, {"csi.volume.pvc-1": OTHER_UUID.encode()})
+    before = {k: dict(v) for k, v in store.objects.items()}
+    store.fail_on = "csi.volumes.default"
+    store.fail_after_applying = applied
+    with pytest.raises(CephUnavailable):
+        await regenerate(store, RESERVATION)
+    assert store.objects == before
+
+
+async def test_a_failed_run_puts_back_the_per_volume_values_it_updated() -> None:
+    store = MemoryStore()
+    found = {
+        "csi.volname": b"pvc-1",
+        "csi.imagename": f"csi-vol-{UUID}".encode(),
+        "csi.imageid": b"id-before-resync",
+    }
+    await store.omap_set("replicapool", "", f"csi.volume.{UUID}", found)
+    before = {k: dict(v) for k, v in store.objects.items()}
+    store.fail_on = "csi.volumes.default"
+    store.fail_after_applying = True
+    with pytest.raises(CephUnavailable):
+        await regenerate(store, RESERVATION)
+    assert store.objects == before | {DIRECTORY: {}}
 
 
 async def test_legacy_key_goes_with_the_directory_key_in_one_write() -> None:
