@@ -55,7 +55,11 @@ def objects(site: CephCluster, pool: str, prefix: str, namespace: str = "") -> s
 
 
 def ceph_csi_handle(cluster_id: str, pool_id: int, object_uuid: str) -> str:
-    return f"0001-{len(cluster_id):04x}-{cluster_id}-{pool_id:016x}-{object_uuid}"
+    """As ceph-csi composes it: Go's len() counts the clusterID in bytes, and the int64 pool ID
+    is written as a uint64."""
+    cluster_bytes = len(cluster_id.encode())
+    pool_uint64 = pool_id & 0xFFFFFFFFFFFFFFFF
+    return f"0001-{cluster_bytes:04x}-{cluster_id}-{pool_uint64:016x}-{object_uuid}"
 
 
 @dataclass(frozen=True)
@@ -104,23 +108,29 @@ class Provisioned:
         }
 
 
+def reserve(io: Any, pv_name: str, object_uuid: str, image_name: str, owner: str) -> None:
+    """ceph-csi's ReserveName, in its order: exclusive-create the UUID object (what reserves the
+    UUID), point the directory key at it, then set the UUID object's keys."""
+    with rados.WriteOpCtx() as op:
+        op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+        io.operate_write_op(op, f"csi.volume.{object_uuid}")
+    with rados.WriteOpCtx() as op:
+        io.set_omap(op, (f"csi.volume.{pv_name}",), (object_uuid.encode(),))
+        io.operate_write_op(op, "csi.volumes.default")
+    with rados.WriteOpCtx() as op:
+        keys = ("csi.volname", "csi.imagename", "csi.volume.owner")
+        io.set_omap(op, keys, (pv_name.encode(), image_name.encode(), owner.encode()))
+        io.operate_write_op(op, f"csi.volume.{object_uuid}")
+
+
 def provision(
     site: CephCluster, cluster_id: str, pool: str, pv_name: str, namespace: str = "apps"
 ) -> Provisioned:
-    """ceph-csi's CreateVolume: reserve (UUID object, then directory key), image, image ID."""
+    """ceph-csi's CreateVolume: reserve the name, create the image, store its ID."""
     object_uuid = str(uuid.uuid4())
     image_name = f"csi-vol-{object_uuid}"
     with ioctx(site, pool) as io:
-        with rados.WriteOpCtx() as op:
-            op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
-            io.operate_write_op(op, f"csi.volume.{object_uuid}")
-        with rados.WriteOpCtx() as op:
-            keys = ("csi.volname", "csi.imagename", "csi.volume.owner")
-            io.set_omap(op, keys, (pv_name.encode(), image_name.encode(), namespace.encode()))
-            io.operate_write_op(op, f"csi.volume.{object_uuid}")
-        with rados.WriteOpCtx() as op:
-            io.set_omap(op, (f"csi.volume.{pv_name}",), (object_uuid.encode(),))
-            io.operate_write_op(op, "csi.volumes.default")
+        reserve(io, pv_name, object_uuid, image_name, namespace)
         rbd.RBD().create(
             io,
             image_name,
