@@ -36,6 +36,7 @@ from reconciler.controllers.kinds import (
     pv_pool,
 )
 from reconciler.controllers.status import (
+    COMPONENT,
     READY,
     Condition,
     EventRecorder,
@@ -46,13 +47,14 @@ from reconciler.controllers.status import (
     server_side_apply,
     transition,
 )
-from reconciler.errors import ClusterNotMapped
+from reconciler.errors import ClusterNotMapped, InvalidConfig
 from reconciler.k8s import (
     ApiStatusError,
     Event,
     Informer,
     KubeObject,
     Result,
+    TerminalError,
     request_json,
 )
 
@@ -385,13 +387,20 @@ def _only(ids: set[int]) -> int | None:
     return next(iter(ids)) if len(ids) == 1 else None
 
 
-def render_cluster_mapping(mappings: Iterable[KubeObject]) -> str:
-    """ceph-csi's cluster-mapping.json from the Ready mappings, siteA as key, siteB as value.
+#: Marks the entries this controller renders. ceph-csi ignores keys it does not know, and every
+#: entry without it (an admin's own, say for CephFS) is kept as it is.
+RENDERED_BY = "renderedBy"
+
+
+def render_cluster_mapping(mappings: Iterable[KubeObject], existing: str | None = None) -> str:
+    """ceph-csi's cluster-mapping.json from the Ready mappings, siteA as key, siteB as value,
+    after the entries of `existing` (the file as it is) that this controller did not render.
 
     ceph-csi matches an entry by either side and reads the pool IDs in the matching direction,
     so the same file serves both sites. Pools whose IDs are not both known are left out.
+    Raises InvalidConfig when `existing` is not a JSON list of objects: it is not overwritten.
     """
-    entries = []
+    entries = [entry for entry in _entries(existing) if RENDERED_BY not in entry]
     for obj in sorted(mappings, key=lambda o: str(o["metadata"]["name"])):
         if not is_ready(obj):
             continue
@@ -405,8 +414,26 @@ def render_cluster_mapping(mappings: Iterable[KubeObject]) -> str:
                 continue
             a, b = (local_id, remote_id) if local_is_a else (remote_id, local_id)
             pools.append({str(a): str(b)})
-        entries.append({"clusterIDMapping": {spec.site_a: spec.site_b}, "RBDPoolIDMapping": pools})
+        entries.append(
+            {
+                "clusterIDMapping": {spec.site_a: spec.site_b},
+                "RBDPoolIDMapping": pools,
+                RENDERED_BY: f"{COMPONENT}: ClusterIDMapping {spec.name}",
+            }
+        )
     return json.dumps(entries, indent=2) + "\n"
+
+
+def _entries(existing: str | None) -> list[dict[str, Any]]:
+    if not existing or not existing.strip():
+        return []
+    try:
+        parsed = json.loads(existing)
+    except ValueError as err:
+        raise InvalidConfig(f"the cluster mapping in place is not JSON ({err})") from err
+    if not isinstance(parsed, list) or not all(isinstance(e, dict) for e in parsed):
+        raise InvalidConfig("the cluster mapping in place is not a JSON list of objects")
+    return parsed
 
 
 class ClusterMappingRenderer:
@@ -434,9 +461,16 @@ class ClusterMappingRenderer:
         return [RENDER_KEY]
 
     async def reconcile(self, _: str) -> Result | None:
-        rendered = render_cluster_mapping(self.mappings.store.objects())
         cached = self.config_maps.store.get(f"{self.namespace}/{self.name}")
-        if cached is not None and (cached.get("data") or {}).get(self.key) == rendered:
+        in_place = None if cached is None else (cached.get("data") or {}).get(self.key)
+        try:
+            rendered = render_cluster_mapping(self.mappings.store.objects(), in_place)
+        except InvalidConfig as err:
+            # Only a human can fix the file; it is retried when the ConfigMap changes.
+            raise TerminalError(
+                f"ConfigMap {self.namespace}/{self.name} key {self.key}: {err}; left as it is"
+            ) from err
+        if in_place == rendered:
             return None
         path = f"/api/v1/namespaces/{self.namespace}/configmaps"
         if cached is None:

@@ -273,7 +273,7 @@ def ceph_csi_resolve(mapping_json: str, cluster_id: str, pool_id: int) -> tuple[
             forward = cluster_id == key
             if not forward and cluster_id != value:
                 continue
-            for pools in entry["RBDPoolIDMapping"]:
+            for pools in entry.get("RBDPoolIDMapping") or []:  # Go: a nil slice
                 for a, b in pools.items():
                     if forward and int(a) == pool_id:
                         return value, int(b)
@@ -316,8 +316,15 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
     entry = {
         "clusterIDMapping": {SITE_A_ID: SITE_B_ID},
         "RBDPoolIDMapping": [{f"{pool_a}": f"{pool_b}"}],
+        "renderedBy": "rbd-mirror-reconciler: ClusterIDMapping site-a-to-b",
     }
     assert entry in json.loads(text)
+    # An admin's own entry (CephFS here) replaces the file: it is kept, and ours comes back.
+    by_hand = {"clusterIDMapping": {SITE_A_ID: SITE_B_ID}, "CephFSFscIDMapping": [{"1": "2"}]}
+    patch = {"data": {MAPPING_KEY: json.dumps([by_hand])}}
+    kubectl(world.kube, "patch", "configmap", CSI_CONFIG, "-n", NAMESPACE, "-p", json.dumps(patch))
+    text = wait_until(rendered, CONVERGE, "cluster-mapping.json rendered again")
+    assert json.loads(text) == [by_hand, entry]
     # ceph-csi on site-b resolves an old site-a handle to site-b, and on failback the reverse.
     assert ceph_csi_resolve(text, SITE_A_ID, pool_a) == (SITE_B_ID, pool_b)
     assert ceph_csi_resolve(text, SITE_B_ID, pool_b) == (SITE_A_ID, pool_a)
@@ -542,10 +549,12 @@ def test_a_journal_conflict_is_terminal_writes_nothing_and_is_retried_on_request
     pair = world.pair
     volume = world.volumes["ctl-jc"]
     stray = str(uuid.uuid4())
-    # Another volume already holds this PV name in site-b's journal.
+    # Another volume already holds this PV name in site-b's journal: its object says so. (A key
+    # whose object is missing would be stale, and ceph-csi's rule is to redo it.)
     pair.site_b.rados(
         volume.pool, "setomapval", "csi.volumes.default", f"csi.volume.{volume.pv_name}", stray
     )
+    pair.site_b.rados(volume.pool, "setomapval", f"csi.volume.{stray}", "csi.volname", "other-pv")
     world.apply_pvs(volume.pv())
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalConflict")
     assert f"found {stray!r}, expected {volume.object_uuid!r}" in ready_of(mapping)["message"]

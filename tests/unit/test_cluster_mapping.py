@@ -13,6 +13,7 @@ from reconciler.controllers.clusteridmapping import (
     render_cluster_mapping,
 )
 from reconciler.controllers.status import condition, merge_conditions
+from reconciler.errors import InvalidConfig
 
 
 def mapping(name: str, a: str, b: str, *pools: dict[str, Any], **status: Any) -> dict[str, Any]:
@@ -77,8 +78,43 @@ def test_rendered_file_is_ceph_csis_format_with_site_a_as_key() -> None:
     not_ready = mapping("m0", "x", "y", conditions=[{**ready[0], "status": "False"}])
     rendered = json.loads(render_cluster_mapping([not_ready, on_site_b]))
     assert rendered == [
-        {"clusterIDMapping": {"site-a": "site-b"}, "RBDPoolIDMapping": [{"2": "5"}]}
+        {
+            "clusterIDMapping": {"site-a": "site-b"},
+            "RBDPoolIDMapping": [{"2": "5"}],
+            "renderedBy": "rbd-mirror-reconciler: ClusterIDMapping m1",
+        }
     ]
+
+
+def test_entries_this_controller_did_not_render_are_kept_as_they_are() -> None:
+    ready = [condition("Ready", True, "Mapped", "", 1) | {"lastTransitionTime": "t"}]
+    current = mapping(
+        "m1",
+        "site-a",
+        "site-b",
+        localClusterID="site-b",
+        remoteClusterID="site-a",
+        rbdPools=[{"name": "rbd", "localPoolID": 5, "remotePoolID": 2}],
+        conditions=ready,
+    )
+    by_hand = {"clusterIDMapping": {"site-a": "site-b"}, "CephFSFscIDMapping": [{"1": "3"}]}
+    stale = {
+        "clusterIDMapping": {"old-a": "old-b"},
+        "RBDPoolIDMapping": [],
+        "renderedBy": "rbd-mirror-reconciler: ClusterIDMapping deleted-since",
+    }
+    rendered = json.loads(render_cluster_mapping([current], json.dumps([by_hand, stale])))
+    assert [entry.get("renderedBy") for entry in rendered] == [
+        None,
+        "rbd-mirror-reconciler: ClusterIDMapping m1",
+    ]
+    assert rendered[0] == by_hand
+
+
+@pytest.mark.parametrize("in_place", ["{not json", '{"clusterIDMapping": {}}', "[1]"])
+def test_a_file_in_place_that_is_not_a_list_of_entries_is_not_overwritten(in_place: str) -> None:
+    with pytest.raises(InvalidConfig, match="cluster mapping in place"):
+        render_cluster_mapping([], in_place)
 
 
 def test_conditions_keep_their_transition_time_while_status_holds() -> None:
