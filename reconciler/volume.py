@@ -46,11 +46,6 @@ class CSIVolume:
     def journal_pool(self) -> str:
         return self.attributes.get("journalPool") or self.pool
 
-    @property
-    def static(self) -> bool:
-        # ceph-csi compares the value with "true" exactly: "True" is not a static volume to it.
-        return self.attributes.get("staticVolume", "") == "true"
-
     def image_name(self, object_uuid: str) -> str:
         """`<volumeNamePrefix or csi-vol-><uuid>`, the name ceph-csi derives when it regenerates
         the journal; an `imageName` attribute that says otherwise makes the PV inconsistent."""

@@ -197,7 +197,7 @@ class VolumeReconciler:
             csi.get("driver") == self.settings.driver_name
             and bool(spec.get("claimRef"))
             and not pv["metadata"].get("deletionTimestamp")
-            and str((csi.get("volumeAttributes") or {}).get("staticVolume", "")).lower() != "true"
+            and (csi.get("volumeAttributes") or {}).get("staticVolume") != "true"
         )
 
     def pending_volumes(self) -> list[KubeObject]:

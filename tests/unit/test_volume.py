@@ -19,12 +19,6 @@ def volume(**attributes: str) -> CSIVolume:
     )
 
 
-@pytest.mark.parametrize(("value", "static"), [("true", True), ("True", False), ("TRUE", False)])
-def test_static_only_for_exactly_true(value: str, static: bool) -> None:
-    assert volume(staticVolume=value).static is static
-    assert volume().static is False
-
-
 @pytest.mark.parametrize("value", ["1", "t", "T", "TRUE", "true", "True"])
 def test_encrypted_true_as_go_parses_it(value: str) -> None:
     assert volume(encrypted=value).encryption() == ("default", "block")

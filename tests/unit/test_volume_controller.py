@@ -118,10 +118,12 @@ async def reconciler() -> AsyncIterator[VolumeReconciler]:
         ({}, True),
         ({"driver": "other.csi.example.com"}, False),
         ({"volumeAttributes": {"pool": "p", "staticVolume": "true"}}, False),
+        # ceph-csi compares with "true" exactly: it regenerates this one, and so do we.
+        ({"volumeAttributes": {"pool": "p", "staticVolume": "True"}}, True),
         ({"claimRef": None}, False),
         ({"deletionTimestamp": "2026-01-01T00:00:00Z"}, False),
     ],
-    ids=["taken", "other-driver", "static", "unclaimed", "deleting"],
+    ids=["taken", "other-driver", "static", "static-not-exactly", "unclaimed", "deleting"],
 )
 def test_which_pvs_are_taken(
     reconciler: VolumeReconciler, change: dict[str, Any], taken: bool
