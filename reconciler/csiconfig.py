@@ -34,14 +34,20 @@ class ClusterConfig:
 
 
 class CSIConfig(Mapping[str, ClusterConfig]):
-    """clusterID -> ClusterConfig, in the order of the file."""
+    """clusterID -> ClusterConfig, in the order of the file.
 
-    def __init__(self, clusters: list[ClusterConfig]) -> None:
+    As in ceph-csi, a file that does not decode into its shape is unusable as a whole (Go's JSON
+    decoding fails for all entries), while a well-typed entry that cannot be used (no monitors)
+    fails only the clusterID it names, and the first entry of a clusterID wins.
+    """
+
+    def __init__(
+        self, clusters: list[ClusterConfig], problems: Mapping[str, str] | None = None
+    ) -> None:
         self._clusters: dict[str, ClusterConfig] = {}
         for cluster in clusters:
-            if cluster.cluster_id in self._clusters:
-                raise InvalidConfig(f"clusterID {cluster.cluster_id!r} appears more than once")
-            self._clusters[cluster.cluster_id] = cluster
+            self._clusters.setdefault(cluster.cluster_id, cluster)
+        self._problems = {k: v for k, v in (problems or {}).items() if k not in self._clusters}
 
     def __getitem__(self, cluster_id: str) -> ClusterConfig:
         return self._clusters[cluster_id]
@@ -52,6 +58,10 @@ class CSIConfig(Mapping[str, ClusterConfig]):
     def __len__(self) -> int:
         return len(self._clusters)
 
+    def problem(self, cluster_id: str) -> str | None:
+        """Why the entry of `cluster_id` cannot be used, when there is one and it cannot."""
+        return self._problems.get(cluster_id)
+
     @classmethod
     def parse(cls, text: str) -> CSIConfig:
         try:
@@ -60,24 +70,32 @@ class CSIConfig(Mapping[str, ClusterConfig]):
             raise InvalidConfig(f"config.json is not valid JSON: {err}") from err
         if not isinstance(entries, list):
             raise InvalidConfig(f"config.json must be a JSON list, not {type(entries).__name__}")
-        return cls([_parse_entry(i, entry) for i, entry in enumerate(entries)])
+        clusters: list[ClusterConfig] = []
+        problems: dict[str, str] = {}
+        for index, entry in enumerate(entries):
+            parsed = _parse_entry(index, entry)
+            if isinstance(parsed, ClusterConfig):
+                clusters.append(parsed)
+            elif parsed is not None:
+                problems.setdefault(*parsed)
+        return cls(clusters, problems)
 
 
-def _parse_entry(index: int, entry: Any) -> ClusterConfig:
+def _parse_entry(index: int, entry: Any) -> ClusterConfig | tuple[str, str] | None:
+    """The entry; (clusterID, problem) when well-typed but unusable; None without a clusterID
+    (nothing can look it up). Raises InvalidConfig where Go's decoding would fail."""
     where = f"config.json entry {index}"
     if not isinstance(entry, dict):
         raise InvalidConfig(f"{where} must be an object")
-    cluster_id = entry.get("clusterID")
-    if not isinstance(cluster_id, str) or not cluster_id:
-        raise InvalidConfig(f"{where}: clusterID must be a non-empty string")
+    cluster_id = entry.get("clusterID", "")
+    if not isinstance(cluster_id, str):
+        raise InvalidConfig(f"{where}: clusterID must be a string")
+    if not cluster_id:
+        return None
     where = f"{where} (clusterID {cluster_id!r})"
-    monitors = entry.get("monitors")
-    if (
-        not isinstance(monitors, list)
-        or not monitors
-        or not all(isinstance(m, str) and m.strip() for m in monitors)
-    ):
-        raise InvalidConfig(f"{where}: monitors must be a non-empty list of 'host:port' strings")
+    monitors = entry.get("monitors") or []
+    if not isinstance(monitors, list) or not all(isinstance(m, str) for m in monitors):
+        raise InvalidConfig(f"{where}: monitors must be a list of 'host:port' strings")
     rbd = entry.get("rbd")
     if rbd is None:
         rbd = {}
@@ -87,8 +105,12 @@ def _parse_entry(index: int, entry: Any) -> ClusterConfig:
     if not isinstance(namespace, str):
         raise InvalidConfig(f"{where}: rbd.radosNamespace must be a string")
     count = rbd.get("mirrorDaemonCount", DEFAULT_MIRROR_DAEMON_COUNT)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise InvalidConfig(f"{where}: rbd.mirrorDaemonCount must be a whole number >= 0")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise InvalidConfig(f"{where}: rbd.mirrorDaemonCount must be a whole number")
+    if not monitors or not all(m.strip() for m in monitors):
+        return cluster_id, f"{where}: monitors must be a non-empty list of 'host:port' strings"
+    if count < 0:
+        return cluster_id, f"{where}: rbd.mirrorDaemonCount must not be negative"
     return ClusterConfig(
         cluster_id=cluster_id,
         monitors=tuple(m.strip() for m in monitors),

@@ -296,10 +296,14 @@ class VolumeReconciler:
                 self._parsed_config = (version, CSIConfig.parse(text))
             except InvalidInput as err:
                 raise CSIConfigUnavailable(f"{where}: {err}") from err
-        local = self._parsed_config[1].get(self.settings.local_cluster_id)
+        config = self._parsed_config[1]
+        local = config.get(self.settings.local_cluster_id)
         if local is None:
+            problem = config.problem(self.settings.local_cluster_id)
             raise CSIConfigUnavailable(
-                f"{where} has no entry for this site's clusterID "
+                f"{where}: {problem}"
+                if problem
+                else f"{where} has no entry for this site's clusterID "
                 f"{self.settings.local_cluster_id!r} (--local-cluster-id)"
             )
         return local

@@ -261,6 +261,9 @@ class LocalClusters:
     def why_absent(self, cluster_id: str) -> str:
         if self.problem:
             return f"{self.source} is unusable: {self.problem}"
+        entry_problem = self.clusters.problem(cluster_id)
+        if entry_problem:
+            return f"{self.source}: {entry_problem}"
         return f"{self.source} has no entry for clusterID {cluster_id!r}"
 
 

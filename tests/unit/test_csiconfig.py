@@ -37,20 +37,35 @@ def test_render_round_trips() -> None:
         ("{", "not valid JSON"),
         ('{"clusterID": "a"}', "must be a JSON list"),
         ("[1]", "entry 0 must be an object"),
-        ('[{"monitors": ["a:1"]}]', "entry 0: clusterID must be a non-empty string"),
-        ('[{"clusterID": "a", "monitors": []}]', "clusterID 'a'.*monitors must be a non-empty"),
-        ('[{"clusterID": "a", "monitors": "a:1"}]', "monitors must be a non-empty list"),
+        ('[{"clusterID": 7, "monitors": ["a:1"]}]', "entry 0: clusterID must be a string"),
+        ('[{"clusterID": "a", "monitors": "a:1"}]', "clusterID 'a'.*monitors must be a list"),
         ('[{"clusterID": "a", "monitors": ["a:1"], "rbd": []}]', "rbd must be an object"),
         (
             '[{"clusterID": "a", "monitors": ["a:1"], "rbd": {"mirrorDaemonCount": "2"}}]',
             "mirrorDaemonCount must be a whole number",
         ),
-        (
-            '[{"clusterID": "a", "monitors": ["a:1"]}, {"clusterID": "a", "monitors": ["b:1"]}]',
-            "appears more than once",
-        ),
     ],
 )
-def test_malformed_config_names_the_entry_and_field(text: str, problem: str) -> None:
+def test_a_file_ceph_csi_could_not_decode_is_unusable_as_a_whole(text: str, problem: str) -> None:
     with pytest.raises(InvalidConfig, match=problem):
         CSIConfig.parse(text)
+
+
+def test_an_unusable_entry_fails_only_its_own_clusterid() -> None:
+    config = CSIConfig.parse(
+        """[
+          {"clusterID": "no-mons", "monitors": []},
+          {"clusterID": "negative", "monitors": ["a:1"], "rbd": {"mirrorDaemonCount": -1}},
+          {"monitors": ["x:1"]},
+          {"clusterID": "site-b", "monitors": ["b:1"]},
+          {"clusterID": "site-b", "monitors": ["later:1"]}
+        ]"""
+    )
+    assert list(config) == ["site-b"]
+    assert config["site-b"].monitors == ("b:1",)  # the first entry wins, as in ceph-csi
+    assert config.get("no-mons") is None
+    assert "clusterID 'no-mons'" in (config.problem("no-mons") or "")
+    assert "monitors must be a non-empty list" in (config.problem("no-mons") or "")
+    assert "must not be negative" in (config.problem("negative") or "")
+    assert config.problem("site-b") is None
+    assert config.problem("absent") is None
