@@ -22,12 +22,14 @@ ALERTS = {
     "RBDMirrorVolumeHandleMappingFailing",
     "RBDMirrorClusterIDMappingConflict",
     "RBDMirrorReconcilerTerminalErrors",
+    "RBDMirrorReconcilerProgressAbsent",
 }
 
 
 @pytest.fixture
 def metrics_target() -> Iterator[str]:
-    """A metrics endpoint in this process on a free loopback port: the failover lag is 1000 s."""
+    """A metrics endpoint in this process on a free loopback port, as a leader reports: one PV
+    pending, for 1000 s."""
     registry = CollectorRegistry()
     lag = Gauge(
         "rbd_mirror_reconciler_oldest_pending_volume_seconds",
@@ -35,6 +37,12 @@ def metrics_target() -> Iterator[str]:
         registry=registry,
     )
     lag.set(1000)
+    pending = Gauge(
+        "rbd_mirror_reconciler_volumes_pending",
+        "PersistentVolumes with a pre-failover handle whose mapping is not Ready yet",
+        registry=registry,
+    )
+    pending.set(1)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     try:
         yield f"127.0.0.1:{server.server_port}"
@@ -71,9 +79,15 @@ def test_rules_load_and_match_scraped_data(tmp_path: Path, metrics_target: str) 
         assert samples[0]["metric"]["instance"] == metrics_target
 
         # `for: 5m` keeps it pending; pending proves the expression matches real scraped data.
-        alerts = wait_until(prom.alerts, timeout=30, what="an alert pending")
-        # Nothing else is exported, so nothing else may match.
-        assert [a["labels"]["alertname"] for a in alerts] == ["RBDMirrorVolumesNotRemapped"]
+        # Nothing else matches once the target is scraped: a leader reports progress, so
+        # RBDMirrorReconcilerProgressAbsent (pending at a first evaluation before any scrape)
+        # clears.
+        def only_not_remapped() -> list[dict[str, Any]] | None:
+            found = prom.alerts()
+            names = [a["labels"]["alertname"] for a in found]
+            return found if names == ["RBDMirrorVolumesNotRemapped"] else None
+
+        alerts = wait_until(only_not_remapped, timeout=30, what="that alert alone pending")
         alert = alerts[0]
         assert alert["state"] == "pending"
         assert alert["labels"]["severity"] == "warning"
