@@ -79,6 +79,17 @@ def journal_snapshot(pair: SitePair, pool: str) -> dict[str, dict[str, bytes] | 
     return {name: cephcsi.omap(site, pool, name) for name in sorted(names)}
 
 
+def keys_of_a_full_reservation(volume: Provisioned) -> list[str]:
+    """What regenerating a volume without any journal on site-b writes, in order."""
+    return [
+        "csi.volname",
+        "csi.imagename",
+        "csi.imageid",
+        "csi.volume.owner",
+        f"csi.volume.{volume.pv_name}",
+    ]
+
+
 def expected_on_site_b(pair: SitePair, volume: Provisioned, **extra: str) -> dict[str, bytes]:
     values = {
         "csi.volname": volume.pv_name,
@@ -106,13 +117,7 @@ async def test_regeneration_writes_what_ceph_csi_reads(
     assert directory[f"csi.volume.{volume.pv_name}"] == volume.object_uuid.encode()
     per_volume = cephcsi.omap(ceph_pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
     assert per_volume == expected_on_site_b(ceph_pair, volume)
-    assert result.written == [
-        "csi.volname",
-        "csi.imagename",
-        "csi.imageid",
-        "csi.volume.owner",
-        f"csi.volume.{volume.pv_name}",
-    ]
+    assert result.written == keys_of_a_full_reservation(volume)
 
     before = journal_snapshot(ceph_pair, volume.pool)
     again = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
@@ -209,13 +214,7 @@ async def test_a_stale_directory_key_is_replaced_and_the_reservation_redone(
     assert result.new_handle == cephcsi.ceph_csi_handle(
         SITE_B_ID, site.pool_id(volume.pool), volume.object_uuid
     )
-    assert result.written == [
-        "csi.volname",
-        "csi.imagename",
-        "csi.imageid",
-        "csi.volume.owner",
-        f"csi.volume.{volume.pv_name}",
-    ]
+    assert result.written == keys_of_a_full_reservation(volume)
     after = journal_snapshot(ceph_pair, volume.pool)
     volume_object = f"csi.volume.{volume.object_uuid}"
     assert set(after) - set(before) == {volume_object}
