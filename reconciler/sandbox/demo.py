@@ -13,7 +13,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +112,8 @@ def _mappings(kubeconfig: Path) -> list[dict[str, Any]]:
 
 def _progress(controller: site.ControllerProcess) -> str:
     """The product's own lines of the controller's /metrics."""
-    url = f"http://{controller.health_address}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        exposed: str = answer.read().decode()
-    return "\n".join(line for line in exposed.splitlines() if line.startswith(METRICS_PREFIX))
+    lines = controller.metrics().splitlines()
+    return "\n".join(line for line in lines if line.startswith(METRICS_PREFIX))
 
 
 def _ready(mapping: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,13 @@ class ControllerProcess:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def metrics(self) -> str:
+        """The process' /metrics, as Prometheus would scrape it."""
+        url = f"http://{self.health_address}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text: str = answer.read().decode()
+        return text
 
     def current_log(self) -> str:
         return self.log_file.read_text(errors="replace")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -729,19 +728,14 @@ def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
         )
         remapped = scraped(prom, "rbd_mirror_reconciler_volume_remap_duration_seconds_count")
         assert remapped is not None and remapped >= 1
-        exposed = urllib.request.urlopen(f"http://{world.controller.health_address}/metrics")
-        with exposed:
-            assert key not in exposed.read().decode()
+        assert key not in world.controller.metrics()
 
 
 def queue_idle(controller: site.ControllerProcess, name: str) -> bool:
     """No key of controller `name` waiting or being reconciled, by the process' /metrics."""
-    url = f"http://{controller.health_address}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
     samples = {
         s.name: s.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(controller.metrics())
         for s in family.samples
         if s.labels.get("name") == name
     }
