@@ -32,24 +32,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from reconciler.controllers.kinds import (
+from reconciler.csi import Resolver, SyncResolver
+from reconciler.handle import VolumeHandle
+from reconciler.k8s import ApiSettings, Informer, make_api_client, request_json
+from reconciler.k8s.apply import server_side_apply
+from reconciler.k8s.conditions import condition, is_ready, merge_conditions
+from reconciler.kinds import (
     API_VERSION,
     CLUSTER_ID_MAPPINGS,
+    FIELD_MANAGER,
     VHM_HANDLE_INDEX,
     VOLUME_HANDLE_HASH_LABEL,
     VOLUME_HANDLE_MAPPINGS,
     index_vhm_handle,
     volume_handle_hash,
 )
-from reconciler.controllers.status import (
-    condition,
-    is_ready,
-    merge_conditions,
-    server_side_apply,
-)
-from reconciler.csi import Resolver, SyncResolver
-from reconciler.handle import VolumeHandle
-from reconciler.k8s import ApiSettings, Informer, make_api_client, request_json
 from reconciler.sandbox.kube import KubeSandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +116,7 @@ async def create_world(kubeconfig: Path, count: int) -> float:
                     ),
                 },
             },
+            field_manager=FIELD_MANAGER,
             subresource="status",
         )
         semaphore = asyncio.Semaphore(64)
@@ -162,6 +160,7 @@ async def create_world(kubeconfig: Path, count: int) -> float:
                             "conditions": ready,
                         },
                     },
+                    field_manager=FIELD_MANAGER,
                     subresource="status",
                 )
 
@@ -233,7 +232,7 @@ async def measure(kubeconfig: Path, lookups: int) -> tuple[dict[str, Any], list[
             await resolver.wait_synced()
             figures["resolver_cache_mib"] = (traced_bytes() - base) / 2**20
             tracemalloc.stop()
-            figures["mappings"] = len(resolver.handle_mappings.store)
+            figures["mappings"] = len(resolver.volume_handle_mappings.store)
 
             old_handles = [obj["spec"]["volumeHandle"] for obj in objects]
             rng = random.Random(7)

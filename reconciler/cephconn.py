@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
 
-from reconciler.errors import CephError, CephUnavailable, ImageNotFound, PoolNotFound
+from reconciler.errors import (
+    CephBindingsMissing,
+    CephError,
+    CephUnavailable,
+    ImageNotFound,
+    ObjectExists,
+    PoolNotFound,
+)
 
 T = TypeVar("T")
 
@@ -29,10 +36,6 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_THREADS = 16
 #: Read at most this many omap keys of one object at once (ceph-csi objects hold a handful).
 OMAP_PAGE = 1024
-
-
-class CephBindingsMissing(CephError):
-    retryable = False
 
 
 def _import(name: str) -> ModuleType:
@@ -64,16 +67,6 @@ class ImageInfo:
     id: str
     #: None when the image is not mirrored.
     mirror_primary: bool | None
-
-
-class ObjectExists(CephError):
-    retryable = False
-
-    def __init__(self, pool: str, namespace: str, oid: str) -> None:
-        self.pool = pool
-        self.namespace = namespace
-        self.oid = oid
-        super().__init__(f"object {oid!r} already exists in pool {pool!r}")
 
 
 class CephConnection:

@@ -7,8 +7,13 @@ ReconcilerError
 │   └── InvalidVolume     a PV that lacks what regeneration needs
 ├── ClusterNotMapped      no local cluster for a handle's clusterID
 ├── JournalConflict       the journal on Ceph disagrees with the volume; nothing was written
+├── SecretNotFound        the PV's Secret with the Ceph credentials does not exist (retried)
+├── InvalidSecret         that Secret lacks base64 userID and userKey (retried)
+├── CSIConfigUnavailable  ceph-csi-config is missing or unusable (retried)
 └── CephError             talking to Ceph failed
+    ├── CephBindingsMissing  Debian's python3-rados/python3-rbd are not importable
     ├── CephUnavailable   monitors unreachable or an operation timed out (retried)
+    ├── ObjectExists      an exclusive create lost to another writer
     ├── PoolNotFound
     ├── ImageNotFound
     └── ImageNotPrimary   the mirrored image is not promoted here (yet): retried
@@ -78,9 +83,49 @@ class JournalConflict(ReconcilerError):
         )
 
 
+class SecretNotFound(ReconcilerError):
+    reason = "SecretNotFound"
+    # Secrets are not watched (that would need list/watch on them): retry with backoff instead.
+    retryable = True
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(f"Secret {namespace}/{name} with the Ceph credentials does not exist")
+
+
+class InvalidSecret(ReconcilerError):
+    reason = "InvalidSecret"
+    retryable = True
+
+    def __init__(self, namespace: str, name: str, problem: str) -> None:
+        super().__init__(f"Secret {namespace}/{name}: {problem}")
+
+
+class CSIConfigUnavailable(ReconcilerError):
+    """ceph-csi-config is missing or unusable; ceph-csi cannot work either until it is fixed."""
+
+    reason = "CSIConfigUnavailable"
+    retryable = True
+
+
 class CephError(ReconcilerError):
     reason = "CephError"
     retryable = True
+
+
+class CephBindingsMissing(CephError):
+    reason = "CephBindingsMissing"
+    retryable = False
+
+
+class ObjectExists(CephError):
+    reason = "ObjectExists"
+    retryable = False
+
+    def __init__(self, pool: str, namespace: str, oid: str) -> None:
+        self.pool = pool
+        self.namespace = namespace
+        self.oid = oid
+        super().__init__(f"object {oid!r} already exists in pool {pool!r}")
 
 
 class CephUnavailable(CephError):

@@ -27,7 +27,7 @@ from reconciler.volume import CSIVolume
 log = logging.getLogger(__name__)
 
 
-class CephCluster(OmapStore, Protocol):
+class CephAccess(OmapStore, Protocol):
     """What regeneration needs of a Ceph connection beyond the journal's own operations."""
 
     async def pool_id(self, pool: str) -> int: ...
@@ -77,7 +77,7 @@ class Regeneration:
 
 
 async def plan_regeneration(
-    ceph: CephCluster,
+    ceph: CephAccess,
     volume: CSIVolume,
     local: LocalCluster,
     *,
@@ -134,7 +134,7 @@ async def plan_regeneration(
 
 
 async def regenerate(
-    ceph: CephCluster,
+    ceph: CephAccess,
     volume: CSIVolume,
     local: LocalCluster,
     *,

@@ -10,17 +10,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconciler.cephconn import DEFAULT_TIMEOUT, ConnectionPool
-from reconciler.controllers.clusteridmapping import (
-    ClusterIDMappingReconciler,
-    ClusterMappingRenderer,
+from reconciler.cli.flags import host_port, positive_float, positive_int
+from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
+from reconciler.controllers.csimapping import CephCSIMappingRenderer
+from reconciler.controllers.metrics import ProgressCollector, remap_duration_histogram
+from reconciler.controllers.volumes import (
+    DEFAULT_DRIVER,
+    VolumeReconciler,
+    VolumeSettings,
 )
-from reconciler.controllers.kinds import (
+from reconciler.csiconfig import DEFAULT_CONFIGMAP
+from reconciler.errors import ReconcilerError
+from reconciler.journal import DEFAULT_INSTANCE_ID
+from reconciler.k8s import (
+    ApiSettings,
+    ControllerSettings,
+    Informer,
+    LeaderElectionSettings,
+    Manager,
+    ManagerSettings,
+    ServerSettings,
+    configure_logging,
+    make_api_client,
+)
+from reconciler.k8s.events import EventRecorder
+from reconciler.k8s.leader import default_identity
+from reconciler.kinds import (
     CIDM_CLUSTER_INDEX,
     CLUSTER_ID_MAPPINGS,
+    COMPONENT,
     CONFIG_MAPS,
     PERSISTENT_VOLUMES,
     PV_CLUSTER_INDEX,
@@ -36,29 +59,77 @@ from reconciler.controllers.kinds import (
     pv_trimmer,
     without_managed_fields,
 )
-from reconciler.controllers.metrics import ProgressCollector, remap_duration_histogram
-from reconciler.controllers.status import EventRecorder
-from reconciler.controllers.volumes import (
-    DEFAULT_DRIVER,
-    VolumeReconciler,
-    VolumeSettings,
-)
-from reconciler.csiconfig import DEFAULT_CONFIGMAP
-from reconciler.journal import DEFAULT_INSTANCE_ID
-from reconciler.k8s import (
-    ApiSettings,
-    ControllerSettings,
-    Informer,
-    LeaderElectionSettings,
-    Manager,
-    ManagerSettings,
-    ServerSettings,
-    configure_logging,
-    make_api_client,
-)
-from reconciler.k8s.leader import default_identity
 
-DEFAULT_CLUSTER_MAPPING_KEY = "cluster-mapping.json"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `run` is told, built once from the flags (which take their defaults from here)
+    and validated by argparse before anything connects anywhere."""
+
+    local_cluster_id: str
+    """This site's clusterID in ceph-csi-config (its monitors are this Ceph cluster)."""
+    csi_config_namespace: str
+    """Namespace of ceph-csi's ConfigMap."""
+    kubeconfig: Path | None = None
+    """kubeconfig file; None: the in-cluster service account."""
+    driver_name: str = DEFAULT_DRIVER
+    csi_config_name: str = DEFAULT_CONFIGMAP
+    instance_id: str = DEFAULT_INSTANCE_ID
+    cluster_mapping_configmap: str | None = None
+    """Render ceph-csi's cluster-mapping.json into this ConfigMap; None: off."""
+    cluster_mapping_namespace: str | None = None
+    """Its namespace; None: csi_config_namespace."""
+    cluster_mapping_key: str = "cluster-mapping.json"
+    workers: int = 4
+    """Concurrent PV reconciles."""
+    legacy_handle_key: bool = False
+    dry_run: bool = False
+    ceph_timeout: float = DEFAULT_TIMEOUT
+    health_address: tuple[str, int] = ("0.0.0.0", 8080)
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None
+    """None: csi_config_namespace."""
+    leader_election_name: str = "rbd-mirror-reconciler"
+    kube_api_qps: float = ApiSettings.qps
+    kube_api_burst: int = ApiSettings.burst
+    log_level: str = "INFO"
+    identity: str = field(default_factory=default_identity)
+    """This process: the Lease's holderIdentity and every Event's reportingInstance."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
+        names = set(cls.__dataclass_fields__) - {"identity"}
+        return cls(**{name: getattr(args, name) for name in names})
+
+    @property
+    def mapping_namespace(self) -> str:
+        return self.cluster_mapping_namespace or self.csi_config_namespace
+
+    def manager_settings(self) -> ManagerSettings:
+        leader = (
+            LeaderElectionSettings(
+                namespace=self.leader_election_namespace or self.csi_config_namespace,
+                name=self.leader_election_name,
+                identity=self.identity,
+            )
+            if self.leader_elect
+            else None
+        )
+        host, port = self.health_address
+        return ManagerSettings(leader_election=leader, server=ServerSettings(host, port))
+
+    def volume_settings(self) -> VolumeSettings:
+        return VolumeSettings(
+            local_cluster_id=self.local_cluster_id,
+            csi_config_namespace=self.csi_config_namespace,
+            csi_config_name=self.csi_config_name,
+            driver_name=self.driver_name,
+            instance_id=self.instance_id,
+            legacy_handle_key=self.legacy_handle_key,
+            dry_run=self.dry_run,
+        )
 
 
 def register(commands: Any) -> None:
@@ -68,207 +139,208 @@ def register(commands: Any) -> None:
         description="Watch static PVs re-applied after an rbd-mirror failover, regenerate "
         "ceph-csi's journal for them on this site's Ceph cluster and record a "
         "VolumeHandleMapping per PV; keep ClusterIDMapping status (and optionally ceph-csi's "
-        "cluster-mapping.json) current.",
+        "cluster-mapping.json) current. Runs until SIGTERM or SIGINT.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster service account)"
+    kube = parser.add_argument_group("Kubernetes")
+    kube.add_argument(
+        "--kubeconfig", type=Path, help="kubeconfig file (unset: the in-cluster service account)"
     )
-    parser.add_argument(
-        "--local-cluster-id",
-        required=True,
-        help="this site's clusterID in ceph-csi-config (its monitors are this Ceph cluster)",
+    kube.add_argument(
+        "--driver-name", default=RunConfig.driver_name, help="CSI driver of the PVs to remap"
     )
-    parser.add_argument(
-        "--driver-name", default=DEFAULT_DRIVER, help="CSI driver of the PVs (default %(default)s)"
+    kube.add_argument(
+        "--workers", type=positive_int, default=RunConfig.workers, help="concurrent PV reconciles"
     )
-    parser.add_argument(
-        "--csi-config-name",
-        default=DEFAULT_CONFIGMAP,
-        help="ceph-csi's ConfigMap with config.json (default %(default)s)",
+    kube.add_argument(
+        "--kube-api-qps",
+        type=positive_float,
+        default=RunConfig.kube_api_qps,
+        help="sustained API writes a second",
     )
-    parser.add_argument(
-        "--csi-config-namespace", required=True, help="namespace of ceph-csi-config"
+    kube.add_argument(
+        "--kube-api-burst",
+        type=positive_int,
+        default=RunConfig.kube_api_burst,
+        help="API writes allowed at once",
     )
-    parser.add_argument(
-        "--instance-id", default=DEFAULT_INSTANCE_ID, help="ceph-csi's --instanceid"
+    kube.add_argument(
+        "--health-address",
+        type=host_port,
+        default=RunConfig.health_address,
+        metavar="HOST:PORT",
+        help="where /healthz, /readyz and /metrics listen (port 0 picks one)",
     )
-    parser.add_argument(
-        "--cluster-mapping-configmap",
-        help="render ceph-csi's cluster-mapping.json into this ConfigMap (off when unset)",
-    )
-    parser.add_argument(
-        "--cluster-mapping-namespace", help="its namespace (default: --csi-config-namespace)"
-    )
-    parser.add_argument(
-        "--cluster-mapping-key",
-        default=DEFAULT_CLUSTER_MAPPING_KEY,
-        help="its key, as ceph-csi mounts it (default %(default)s)",
-    )
-    parser.add_argument("--workers", type=int, default=4, help="concurrent PV reconciles")
-    parser.add_argument(
-        "--legacy-handle-key",
-        action="store_true",
-        help="also write csi.volume.<old handle> -> <new handle> for older ceph-csi releases",
-    )
-    parser.add_argument(
+    kube.add_argument(
         "--dry-run",
         action="store_true",
         help="plan against Ceph and log; write nothing to Ceph or the API server",
     )
-    parser.add_argument(
-        "--ceph-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per Ceph operation"
+    kube.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default=RunConfig.log_level
     )
-    parser.add_argument(
-        "--health-address",
-        default="0.0.0.0:8080",
-        metavar="HOST:PORT",
-        help="/healthz, /readyz and /metrics (port 0 picks one)",
+
+    leader = parser.add_argument_group("leader election")
+    leader.add_argument(
+        "--leader-elect", action="store_true", help="hold a Lease while working (2+ replicas)"
     )
-    parser.add_argument("--leader-elect", action="store_true", help="hold a Lease while working")
-    parser.add_argument("--leader-election-namespace", help="default: --csi-config-namespace")
-    parser.add_argument(
-        "--leader-election-name", default="rbd-mirror-reconciler", help="the Lease's name"
+    leader.add_argument(
+        "--leader-election-namespace", help="the Lease's namespace (unset: --csi-config-namespace)"
     )
-    parser.add_argument(
-        "--kube-api-qps", type=float, default=ApiSettings.qps, help="sustained API writes a second"
+    leader.add_argument(
+        "--leader-election-name", default=RunConfig.leader_election_name, help="the Lease's name"
     )
-    parser.add_argument(
-        "--kube-api-burst", type=int, default=ApiSettings.burst, help="API writes at once"
+
+    csi = parser.add_argument_group("ceph-csi")
+    csi.add_argument(
+        "--local-cluster-id",
+        required=True,
+        help="this site's clusterID in ceph-csi-config (its monitors are this Ceph cluster)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    csi.add_argument(
+        "--csi-config-namespace", required=True, help="namespace of ceph-csi's ConfigMap"
+    )
+    csi.add_argument(
+        "--csi-config-name",
+        default=RunConfig.csi_config_name,
+        help="ceph-csi's ConfigMap with config.json",
+    )
+    csi.add_argument(
+        "--instance-id",
+        default=RunConfig.instance_id,
+        help="ceph-csi's --instanceid (names the journal's directory object)",
+    )
+    csi.add_argument(
+        "--cluster-mapping-configmap",
+        help="render ceph-csi's cluster-mapping.json into this ConfigMap (unset: off)",
+    )
+    csi.add_argument(
+        "--cluster-mapping-namespace", help="its namespace (unset: --csi-config-namespace)"
+    )
+    csi.add_argument(
+        "--cluster-mapping-key",
+        default=RunConfig.cluster_mapping_key,
+        help="its key, as ceph-csi mounts it",
+    )
+    csi.add_argument(
+        "--legacy-handle-key",
+        action="store_true",
+        help="also write csi.volume.<old handle> -> <new handle> for older ceph-csi releases",
+    )
+
+    ceph = parser.add_argument_group("Ceph")
+    ceph.add_argument(
+        "--ceph-timeout",
+        type=positive_float,
+        default=RunConfig.ceph_timeout,
+        help="seconds per Ceph operation before it fails",
+    )
     parser.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level.upper())
-    asyncio.run(run(args))
+    config = RunConfig.from_args(args)
+    configure_logging(config.log_level)
+    asyncio.run(run(config))
     return 0
 
 
-def manager_settings(args: argparse.Namespace) -> ManagerSettings:
-    host, _, port = args.health_address.rpartition(":")
-    leader = (
-        LeaderElectionSettings(
-            namespace=args.leader_election_namespace or args.csi_config_namespace,
-            name=args.leader_election_name,
-            identity=default_identity(),
-        )
-        if args.leader_elect
-        else None
-    )
-    return ManagerSettings(
-        leader_election=leader, server=ServerSettings(host or "0.0.0.0", int(port))
-    )
-
-
-async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
-    """Build the manager from the flags and run it until `stop` (or a signal)."""
+async def run(config: RunConfig, stop: asyncio.Event | None = None) -> None:
+    """Build the manager from `config` and run it until `stop` (or a signal)."""
     api_client = await make_api_client(
-        args.kubeconfig, ApiSettings(qps=args.kube_api_qps, burst=args.kube_api_burst)
+        config.kubeconfig, ApiSettings(qps=config.kube_api_qps, burst=config.kube_api_burst)
     )
-    connections = ConnectionPool(timeout=args.ceph_timeout)
+    connections = ConnectionPool(timeout=config.ceph_timeout)
     try:
-        manager = Manager(api_client, manager_settings(args))
-        wire(manager, args, connections)
+        manager = Manager(api_client, config.manager_settings())
+        wire(manager, config, connections)
         await manager.run(stop, handle_signals=stop is None)
     finally:
         await connections.close()
         await api_client.close()
 
 
-def wire(manager: Manager, args: argparse.Namespace, connections: ConnectionPool) -> None:
+def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> None:
     api = manager.api_client
-    local = args.local_cluster_id
     volumes = manager.informer(
         PERSISTENT_VOLUMES,
         indexers={PV_CLUSTER_INDEX: index_pv_cluster, PV_POOL_INDEX: index_pv_pool},
-        transform=pv_trimmer(args.driver_name),
+        transform=pv_trimmer(config.driver_name),
     )
-    handle_mappings = manager.informer(
+    volume_handle_mappings = manager.informer(
         VOLUME_HANDLE_MAPPINGS,
         indexers={VHM_HANDLE_INDEX: index_vhm_handle, VHM_POOL_INDEX: index_vhm_pool},
         transform=without_managed_fields,
     )
-    mappings = manager.informer(
+    cluster_id_mappings = manager.informer(
         CLUSTER_ID_MAPPINGS, indexers={CIDM_CLUSTER_INDEX: index_cidm_clusters}
     )
-    csi_config = config_map_informer(manager, args.csi_config_namespace, args.csi_config_name)
-    events = EventRecorder(api, default_identity())
+    csi_config = config_map_informer(manager, config.csi_config_namespace, config.csi_config_name)
+    events = EventRecorder(api, COMPONENT, config.identity)
     registry = manager.metrics.registry
 
     pv_reconciler = VolumeReconciler(
         api,
         volumes=volumes,
-        handle_mappings=handle_mappings,
-        mappings=mappings,
+        volume_handle_mappings=volume_handle_mappings,
+        cluster_id_mappings=cluster_id_mappings,
         csi_config=csi_config,
         connections=connections,
         events=events,
-        settings=VolumeSettings(
-            local_cluster_id=local,
-            csi_config_namespace=args.csi_config_namespace,
-            csi_config_name=args.csi_config_name,
-            driver_name=args.driver_name,
-            instance_id=args.instance_id,
-            legacy_handle_key=args.legacy_handle_key,
-            dry_run=args.dry_run,
-        ),
+        settings=config.volume_settings(),
         remap_duration=remap_duration_histogram(registry),
     )
     registry.register(
         ProgressCollector(
             pending_volumes=pv_reconciler.pending_volumes,
-            handle_mappings=handle_mappings.store,
-            cluster_id_mappings=mappings.store,
+            volume_handle_mappings=volume_handle_mappings.store,
+            cluster_id_mappings=cluster_id_mappings.store,
             active=lambda: manager.is_leader and manager.ready(),
         )
     )
     pv_controller = manager.controller(
         "persistentvolume",
         pv_reconciler.reconcile,
-        settings=ControllerSettings(workers=args.workers),
+        # Their reason is on the VolumeHandleMapping already; no traceback in the log.
+        settings=ControllerSettings(workers=config.workers, expected_errors=(ReconcilerError,)),
     )
     pv_controller.watch(volumes, pv_reconciler.volume_if_changed)
-    pv_controller.watch(mappings, pv_reconciler.volumes_of_mapping)
-    pv_controller.watch(handle_mappings, pv_reconciler.volume_of_deleted_mapping)
-    pv_controller.watch(csi_config, _no_keys)  # only so that it is synced before the first PV
+    pv_controller.watch(cluster_id_mappings, pv_reconciler.volumes_of_mapping)
+    pv_controller.watch(volume_handle_mappings, pv_reconciler.volume_of_deleted_mapping)
+    pv_controller.reads(csi_config)
 
-    if args.dry_run:
+    if config.dry_run:
         return  # the other controllers only write
     cidm_reconciler = ClusterIDMappingReconciler(
         api,
-        mappings=mappings,
+        cluster_id_mappings=cluster_id_mappings,
         volumes=volumes,
-        handle_mappings=handle_mappings,
+        volume_handle_mappings=volume_handle_mappings,
         events=events,
-        local_cluster_id=local,
+        local_cluster_id=config.local_cluster_id,
     )
     cidm_controller = manager.controller("clusteridmapping", cidm_reconciler.reconcile)
-    cidm_controller.watch(mappings, cidm_reconciler.all_mappings)
+    cidm_controller.watch(cluster_id_mappings, cidm_reconciler.all_mappings)
     cidm_controller.watch(volumes, cidm_reconciler.mappings_learning_from_volume)
-    cidm_controller.watch(handle_mappings, cidm_reconciler.mappings_learning_from_handle_mapping)
+    cidm_controller.watch(
+        volume_handle_mappings, cidm_reconciler.mappings_learning_from_handle_mapping
+    )
 
-    if args.cluster_mapping_configmap:
-        namespace = args.cluster_mapping_namespace or args.csi_config_namespace
-        same = (namespace, args.cluster_mapping_configmap) == (
-            args.csi_config_namespace,
-            args.csi_config_name,
+    if config.cluster_mapping_configmap:
+        # The same ConfigMap as ceph-csi-config is the same (shared) informer.
+        target = config_map_informer(
+            manager, config.mapping_namespace, config.cluster_mapping_configmap
         )
-        target = (
-            csi_config
-            if same
-            else config_map_informer(manager, namespace, args.cluster_mapping_configmap)
-        )
-        renderer = ClusterMappingRenderer(
+        renderer = CephCSIMappingRenderer(
             api,
-            mappings=mappings,
+            cluster_id_mappings=cluster_id_mappings,
             config_maps=target,
-            namespace=namespace,
-            name=args.cluster_mapping_configmap,
-            key=args.cluster_mapping_key,
+            namespace=config.mapping_namespace,
+            name=config.cluster_mapping_configmap,
+            key=config.cluster_mapping_key,
         )
         render_controller = manager.controller("clustermapping-json", renderer.reconcile)
-        render_controller.watch(mappings, renderer.render_key)
+        render_controller.watch(cluster_id_mappings, renderer.render_key)
         render_controller.watch(target, renderer.render_key)
 
 
@@ -277,7 +349,3 @@ def config_map_informer(manager: Manager, namespace: str, name: str) -> Informer
     return manager.informer(
         CONFIG_MAPS, namespace=namespace, field_selector=f"metadata.name={name}"
     )
-
-
-def _no_keys(_: Any) -> list[str]:
-    return []

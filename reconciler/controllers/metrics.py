@@ -24,15 +24,16 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconciler.controllers.status import READY, find_condition
 from reconciler.k8s import KubeObject, Store
+from reconciler.k8s.conditions import READY, find_condition
 
 PREFIX = "rbd_mirror_reconciler"
 #: Seconds from a PV's creation to its mapping's readiness: a few seconds when the controller
 #: keeps up, hours when it waited for an admin (a Secret, a ClusterIDMapping, a promotion).
 REMAP_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
-Clock = Callable[[], float]
+#: Wall-clock seconds since the epoch (time.time), replaceable in tests.
+WallTime = Callable[[], float]
 
 
 def remap_duration_histogram(registry: CollectorRegistry) -> Histogram:
@@ -44,7 +45,7 @@ def remap_duration_histogram(registry: CollectorRegistry) -> Histogram:
     )
 
 
-def age_seconds(obj: KubeObject, now: Clock = time.time) -> float | None:
+def age_seconds(obj: KubeObject, now: WallTime = time.time) -> float | None:
     """Seconds since the object's creationTimestamp; None when it has none."""
     created = obj["metadata"].get("creationTimestamp")
     if not created:
@@ -59,13 +60,13 @@ class ProgressCollector(Collector):
         self,
         *,
         pending_volumes: Callable[[], Sequence[KubeObject]],
-        handle_mappings: Store,
+        volume_handle_mappings: Store,
         cluster_id_mappings: Store,
         active: Callable[[], bool],
-        now: Clock = time.time,
+        now: WallTime = time.time,
     ) -> None:
         self.pending_volumes = pending_volumes
-        self.handle_mappings = handle_mappings
+        self.volume_handle_mappings = volume_handle_mappings
         self.cluster_id_mappings = cluster_id_mappings
         self.active = active
         self.now = now
@@ -80,7 +81,7 @@ class ProgressCollector(Collector):
             return []
         families = self._families()
         vhms, cidms, pending, oldest = families
-        for (ready, reason), count in _by_ready(self.handle_mappings.objects()).items():
+        for (ready, reason), count in _by_ready(self.volume_handle_mappings.objects()).items():
             vhms.add_metric([ready, reason], count)
         for (ready, reason), count in _by_ready(self.cluster_id_mappings.objects()).items():
             cidms.add_metric([ready, reason], count)

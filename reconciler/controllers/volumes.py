@@ -34,7 +34,7 @@ from kubernetes_asyncio.client import ApiClient
 from prometheus_client import Histogram
 
 from reconciler.cephconn import ConnectionPool, Credentials
-from reconciler.controllers.clusteridmapping import (
+from reconciler.controllers.clusterids import (
     MappingSpec,
     mapped_through,
     mapping_pending,
@@ -42,32 +42,16 @@ from reconciler.controllers.clusteridmapping import (
     reconciled,
     usability,
 )
-from reconciler.controllers.kinds import (
-    API_VERSION,
-    PERSISTENT_VOLUME_KIND,
-    PV_CLUSTER_INDEX,
-    SECRETS,
-    VOLUME_HANDLE_HASH_LABEL,
-    VOLUME_HANDLE_MAPPING_KIND,
-    VOLUME_HANDLE_MAPPINGS,
-    volume_handle_hash,
-)
 from reconciler.controllers.metrics import age_seconds
-from reconciler.controllers.status import (
-    READY,
-    CSIConfigUnavailable,
-    EventRecorder,
-    InvalidSecret,
-    SecretNotFound,
-    condition,
-    is_ready,
-    merge_conditions,
-    object_path,
-    server_side_apply,
-    transition,
-)
 from reconciler.csiconfig import DEFAULT_CONFIGMAP, ClusterConfig, CSIConfig
-from reconciler.errors import InvalidInput, InvalidVolume, ReconcilerError
+from reconciler.errors import (
+    CSIConfigUnavailable,
+    InvalidInput,
+    InvalidSecret,
+    InvalidVolume,
+    ReconcilerError,
+    SecretNotFound,
+)
 from reconciler.handle import VolumeHandle
 from reconciler.journal import DEFAULT_INSTANCE_ID
 from reconciler.k8s import (
@@ -79,6 +63,20 @@ from reconciler.k8s import (
     Result,
     TerminalError,
     request_json,
+)
+from reconciler.k8s.apply import server_side_apply
+from reconciler.k8s.conditions import READY, condition, is_ready, merge_conditions, transition
+from reconciler.k8s.events import EventRecorder
+from reconciler.kinds import (
+    API_VERSION,
+    FIELD_MANAGER,
+    PERSISTENT_VOLUME_KIND,
+    PV_CLUSTER_INDEX,
+    SECRETS,
+    VOLUME_HANDLE_HASH_LABEL,
+    VOLUME_HANDLE_MAPPING_KIND,
+    VOLUME_HANDLE_MAPPINGS,
+    volume_handle_hash,
 )
 from reconciler.regenerate import LocalCluster, Regeneration, regenerate
 from reconciler.volume import CSIVolume
@@ -123,8 +121,8 @@ class VolumeReconciler:
         api_client: ApiClient,
         *,
         volumes: Informer,
-        handle_mappings: Informer,
-        mappings: Informer,
+        volume_handle_mappings: Informer,
+        cluster_id_mappings: Informer,
         csi_config: Informer,
         connections: ConnectionPool,
         events: EventRecorder,
@@ -133,8 +131,8 @@ class VolumeReconciler:
     ) -> None:
         self.api_client = api_client
         self.volumes = volumes
-        self.handle_mappings = handle_mappings
-        self.mappings = mappings
+        self.volume_handle_mappings = volume_handle_mappings
+        self.cluster_id_mappings = cluster_id_mappings
         self.csi_config = csi_config
         self.connections = connections
         self.events = events
@@ -149,11 +147,16 @@ class VolumeReconciler:
         """The PVs of the remote clusterIDs a ClusterIDMapping names, when its usability changed.
 
         A spec change is only acted on once its status is written: PVs reconciled meanwhile
-        wait (see `reconcile`) rather than flap to ClusterNotMapped and back.
+        wait (see `reconcile`) rather than flap to ClusterNotMapped and back, and come back here
+        when that status is written.
         """
         if event.type is not EventType.DELETED and (
             not reconciled(event.obj)
-            or (event.old is not None and usability(event.old) == usability(event.obj))
+            or (
+                event.old is not None
+                and reconciled(event.old)
+                and usability(event.old) == usability(event.obj)
+            )
         ):
             return []
         spec = MappingSpec.from_object(event.obj)
@@ -212,7 +215,7 @@ class VolumeReconciler:
         ]
 
     def _remapped(self, pv: KubeObject) -> bool:
-        mapping = self.handle_mappings.store.get(pv["metadata"]["name"])
+        mapping = self.volume_handle_mappings.store.get(pv["metadata"]["name"])
         return (
             mapping is not None
             and is_ready(mapping)
@@ -223,18 +226,19 @@ class VolumeReconciler:
         pv = self.volumes.store.get(key)
         if pv is None or not self.selected(pv):
             return None  # a deleted PV's mapping goes with it (garbage collector)
-        existing = self.handle_mappings.store.get(key)
+        existing = self.volume_handle_mappings.store.get(key)
         try:
             volume = CSIVolume.from_pv(pv)
             handle = VolumeHandle.decode(volume.volume_handle)
             local_handle = handle.cluster_id == self.settings.local_cluster_id
-            if local_handle and not maps_within(self.mappings, handle.cluster_id):
+            if local_handle and not maps_within(self.cluster_id_mappings, handle.cluster_id):
                 await self._delete_stale(existing)
                 return None
-            if mapping_pending(self.mappings, handle.cluster_id):
-                return Result(requeue=True)  # its status will say; nothing to record yet
+            if mapping_pending(self.cluster_id_mappings, handle.cluster_id):
+                # Its status will say; the status write's event brings this PV back.
+                return None
             through = mapped_through(
-                self.mappings, handle.cluster_id, self.settings.local_cluster_id
+                self.cluster_id_mappings, handle.cluster_id, self.settings.local_cluster_id
             )
             regeneration = await self._regenerate(volume)
         except ReconcilerError as err:
@@ -318,7 +322,7 @@ class VolumeReconciler:
             raise InvalidVolume(volume.pv_name, f"the Secret reference {name!r} has no namespace")
         try:
             secret = await request_json(
-                self.api_client, "GET", object_path(SECRETS, name, namespace)
+                self.api_client, "GET", SECRETS.object_path(name, namespace)
             )
         except ApiStatusError as err:
             if err.status == 404:
@@ -404,6 +408,7 @@ class VolumeReconciler:
                 self.api_client,
                 VOLUME_HANDLE_MAPPINGS,
                 {**_identity(pv["metadata"]["name"]), "status": status},
+                field_manager=FIELD_MANAGER,
                 subresource="status",
             )
         if transition(mapping, ready_condition):
@@ -425,14 +430,16 @@ class VolumeReconciler:
             _subset(desired[part], existing.get(part) or {}) for part in ("metadata", "spec")
         ):
             return existing
-        return await server_side_apply(self.api_client, VOLUME_HANDLE_MAPPINGS, desired)
+        return await server_side_apply(
+            self.api_client, VOLUME_HANDLE_MAPPINGS, desired, field_manager=FIELD_MANAGER
+        )
 
     async def _delete_stale(self, existing: KubeObject | None) -> None:
         if existing is None or self.settings.dry_run:
             return
         name = existing["metadata"]["name"]
         try:
-            await request_json(self.api_client, "DELETE", object_path(VOLUME_HANDLE_MAPPINGS, name))
+            await request_json(self.api_client, "DELETE", VOLUME_HANDLE_MAPPINGS.object_path(name))
         except ApiStatusError as err:
             if err.status != 404:
                 raise

@@ -20,13 +20,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reconciler.controllers.kinds import index_cidm_clusters
-from reconciler.controllers.status import READY, find_condition, is_ready
 from reconciler.csi.errors import LocalClusterNotConfigured, VolumeNotFound
 from reconciler.csiconfig import ClusterConfig, CSIConfig
 from reconciler.errors import InvalidConfig
 from reconciler.handle import VolumeHandle
 from reconciler.k8s import KubeObject, Store
+from reconciler.k8s.conditions import READY, find_condition, is_ready
+from reconciler.kinds import CONFLICTING, index_cidm_clusters
 
 How = Literal["mapping", "cluster-mapping", "local"]
 
@@ -34,7 +34,6 @@ How = Literal["mapping", "cluster-mapping", "local"]
 ENTRY = "handleMapping"
 #: Trimmed VolumeHandleMappings by their old handle (spec.volumeHandle).
 HANDLE_INDEX = "volumeHandle"
-CONFLICTING = "Conflicting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +172,7 @@ class ClusterRoute:
 
 
 @dataclass(frozen=True)
-class ClusterMappings:
+class ClusterRoutes:
     """The ClusterIDMappings as this site uses them, rebuilt whenever one changes (they are few)."""
 
     routes: Mapping[str, tuple[ClusterRoute, ...]] = field(default_factory=dict)
@@ -184,7 +183,7 @@ class ClusterMappings:
     """(local clusterID, local pool ID) -> pool name."""
 
     @classmethod
-    def from_objects(cls, objects: Iterable[KubeObject]) -> ClusterMappings:
+    def from_objects(cls, objects: Iterable[KubeObject]) -> ClusterRoutes:
         routes: dict[str, list[ClusterRoute]] = {}
         unused: dict[str, list[str]] = {}
         local_pool_names: dict[tuple[str, int], str] = {}
@@ -273,7 +272,7 @@ class LocalClusters:
 def resolve(
     handle: str,
     handle_mappings: Store,
-    cluster_mappings: ClusterMappings,
+    cluster_routes: ClusterRoutes,
     local: LocalClusters,
 ) -> ResolvedVolume:
     """The local volume `handle` stands for; see the module docstring for the order.
@@ -291,7 +290,7 @@ def resolve(
         "no VolumeHandleMapping names it"
     ]
     decoded = VolumeHandle.decode(handle)
-    found = _from_cluster_mappings(handle, decoded, cluster_mappings, local, missing)
+    found = _from_cluster_mappings(handle, decoded, cluster_routes, local, missing)
     if found is not None:
         return found
     config = local.clusters.get(decoded.cluster_id)
@@ -304,7 +303,7 @@ def resolve(
             monitors=config.monitors,
             rados_namespace=config.rados_namespace,
             mirror_daemon_count=config.mirror_daemon_count,
-            pool=cluster_mappings.local_pool_names.get((decoded.cluster_id, decoded.pool_id)),
+            pool=cluster_routes.local_pool_names.get((decoded.cluster_id, decoded.pool_id)),
             pool_id=decoded.pool_id,
             image_name=decoded.image_name(),
             journal_pool=None,
@@ -343,14 +342,14 @@ def _from_handle_mapping(
 def _from_cluster_mappings(
     handle: str,
     decoded: VolumeHandle,
-    cluster_mappings: ClusterMappings,
+    cluster_routes: ClusterRoutes,
     local: LocalClusters,
     missing: list[str],
 ) -> ResolvedVolume | None:
     """The first Ready mapping (by name) that maps the pool, as ceph-csi tries each in turn.
     Appends to `missing` why the others did not."""
     remote = decoded.cluster_id
-    routes = cluster_mappings.routes.get(remote, ())
+    routes = cluster_routes.routes.get(remote, ())
     for route in routes:
         via = f"ClusterIDMapping {route.mapping}"
         pool = route.pools.get(decoded.pool_id)
@@ -375,7 +374,7 @@ def _from_cluster_mappings(
             image_name=new.image_name(),
             journal_pool=None,
         )
-    unused = cluster_mappings.unused.get(remote, ())
+    unused = cluster_routes.unused.get(remote, ())
     missing.extend(unused)
     if not routes and not unused:
         missing.append(f"no ClusterIDMapping names clusterID {remote!r}")

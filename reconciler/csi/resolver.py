@@ -22,11 +22,10 @@ from types import TracebackType
 
 from kubernetes_asyncio.client import ApiClient
 
-from reconciler.controllers.kinds import CLUSTER_ID_MAPPINGS, CONFIG_MAPS, VOLUME_HANDLE_MAPPINGS
 from reconciler.csi.errors import ResolverUnavailable
 from reconciler.csi.resolution import (
     HANDLE_INDEX,
-    ClusterMappings,
+    ClusterRoutes,
     LocalClusters,
     ResolvedVolume,
     index_trimmed_handle,
@@ -34,7 +33,8 @@ from reconciler.csi.resolution import (
     trim_handle_mapping,
 )
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
-from reconciler.k8s import ApiSettings, Event, Informer, WatchSettings, make_api_client
+from reconciler.k8s import ApiSettings, Event, InformerSet, WatchSettings, make_api_client
+from reconciler.kinds import CLUSTER_ID_MAPPINGS, CONFIG_MAPS, VOLUME_HANDLE_MAPPINGS
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +53,25 @@ class Resolver:
         csi_config_name: str = DEFAULT_CONFIGMAP,
         watch_settings: WatchSettings | None = None,
     ) -> None:
-        self.handle_mappings = Informer(
-            api_client,
+        self.informers = InformerSet(api_client, watch_settings)
+        self.volume_handle_mappings = self.informers.informer(
             VOLUME_HANDLE_MAPPINGS,
             indexers={HANDLE_INDEX: index_trimmed_handle},
             transform=trim_handle_mapping,
-            settings=watch_settings,
         )
-        self.cluster_id_mappings = Informer(
-            api_client, CLUSTER_ID_MAPPINGS, settings=watch_settings
-        )
-        self.csi_config = Informer(
-            api_client,
+        self.cluster_id_mappings = self.informers.informer(CLUSTER_ID_MAPPINGS)
+        self.csi_config = self.informers.informer(
             CONFIG_MAPS,
             namespace=csi_config_namespace,
             field_selector=f"metadata.name={csi_config_name}",
-            settings=watch_settings,
         )
         self._csi_config_key = f"{csi_config_namespace}/{csi_config_name}"
         self._csi_config_source = f"ConfigMap {self._csi_config_key}"
         # Derived on each change (both kinds are few objects), not on each resolve.
-        self.cluster_mappings = ClusterMappings()
+        self.cluster_routes = ClusterRoutes()
         self.local_clusters = LocalClusters.from_config_map(self._csi_config_source, None)
         self.cluster_id_mappings.add_handler(self._on_cluster_id_mapping)
         self.csi_config.add_handler(self._on_csi_config)
-        self._informers = (self.handle_mappings, self.cluster_id_mappings, self.csi_config)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._synced = False
 
     async def __aenter__(self) -> Resolver:
         self.start()
@@ -94,35 +86,18 @@ class Resolver:
         await self.close()
 
     def start(self) -> None:
-        if self._tasks:
-            raise RuntimeError("the resolver was already started")
-        self._tasks = [
-            asyncio.create_task(informer.run(), name=f"resolver {informer.path}")
-            for informer in self._informers
-        ]
-        for task in self._tasks:
-            task.add_done_callback(self._on_informer_end)
+        self.informers.start()
 
     async def close(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._synced = False
+        await self.informers.stop()
 
     def has_synced(self) -> bool:
         """Every informer has listed and none has died."""
-        if not self._synced:
-            self._synced = (
-                bool(self._tasks)
-                and not any(task.done() for task in self._tasks)
-                and all(informer.has_synced() for informer in self._informers)
-            )
-        return self._synced
+        return self.informers.has_synced()
 
     async def wait_synced(self) -> None:
         """Until every informer has listed (bound it with `asyncio.timeout`)."""
-        await asyncio.gather(*(informer.wait_synced() for informer in self._informers))
+        await self.informers.wait_synced()
 
     async def resolve(self, handle: str, *, sync_timeout: float = 0.0) -> ResolvedVolume:
         """The local volume `handle` stands for (see reconciler.csi.resolution for the order).
@@ -142,30 +117,13 @@ class Resolver:
         Not thread-safe: the informers change the caches on the loop (use SyncResolver).
         """
         if not self.has_synced():
-            raise ResolverUnavailable(self._waiting_for())
+            raise ResolverUnavailable(self.informers.waiting_for())
         return resolve(
-            handle, self.handle_mappings.store, self.cluster_mappings, self.local_clusters
+            handle, self.volume_handle_mappings.store, self.cluster_routes, self.local_clusters
         )
-
-    def _waiting_for(self) -> list[str]:
-        if not self._tasks:
-            return ["start() to be called"]
-        return [
-            f"{informer.path} (its watch ended)" if task.done() else informer.path
-            for informer, task in zip(self._informers, self._tasks, strict=True)
-            if task.done() or not informer.has_synced()
-        ]
-
-    def _on_informer_end(self, task: asyncio.Task[None]) -> None:
-        # Informers retry every API failure themselves; one that ends has a bug or was cancelled.
-        self._synced = False
-        if not task.cancelled() and task.exception() is not None:
-            log.error("resolver informer died", exc_info=task.exception())
 
     def _on_cluster_id_mapping(self, _: Event) -> None:
-        self.cluster_mappings = ClusterMappings.from_objects(
-            self.cluster_id_mappings.store.objects()
-        )
+        self.cluster_routes = ClusterRoutes.from_objects(self.cluster_id_mappings.store.objects())
 
     def _on_csi_config(self, _: Event) -> None:
         self.local_clusters = LocalClusters.from_config_map(

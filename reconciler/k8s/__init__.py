@@ -14,8 +14,8 @@
 Layers import downwards only:
 
     manager
-    controller, leader, server
-    informer, workqueue, client, logs
+    controller, leader, server, informers, events, apply
+    informer, workqueue, client, logs, conditions
     store, ratelimit, metrics, clock, errors, tasks
 """
 
@@ -53,6 +53,7 @@ from reconciler.k8s.informer import (
     WatchSettings,
     strip_managed_fields,
 )
+from reconciler.k8s.informers import InformerSet
 from reconciler.k8s.leader import LeaderElectionSettings, LeaderElector
 from reconciler.k8s.logs import configure_logging, reconcile_context
 from reconciler.k8s.manager import Manager, ManagerSettings
@@ -82,6 +83,7 @@ __all__ = [
     "HealthServer",
     "Indexer",
     "Informer",
+    "InformerSet",
     "ItemExponentialBackoff",
     "JitteredBackoff",
     "K8sRuntimeError",

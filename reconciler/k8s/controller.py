@@ -5,8 +5,12 @@ the world as it is now and answers a `Result`:
 
 - return `Result()` (or None): done; the key's backoff is forgotten;
 - return `Result(requeue_after=s)`: look again in `s` seconds (backoff forgotten);
-- return `Result(requeue=True)` or raise: retry with per-item backoff;
+- raise: retry with per-item backoff; an exception of `expected_errors` (a failure the reconciler
+  also reports on the object, such as a missing Secret) is logged without its traceback;
 - raise `TerminalError`: counted, logged, forgotten: only a change to the object brings it back.
+
+There is no `requeue=True` (controller-runtime deprecated it): a reconcile waiting for something
+relies on the event that something causes, or on `requeue_after`.
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Result:
-    requeue: bool = False
-    """Retry with the key's backoff, without it being an error."""
     requeue_after: float | None = None
     """Look at the key again after this many seconds."""
 
@@ -48,6 +50,8 @@ class ControllerSettings:
     """Concurrent reconciles (--workers); one key is never reconciled twice at once."""
     shutdown_timeout: float = 30.0
     """On stop, how long in-flight reconciles may finish before they are cancelled."""
+    expected_errors: tuple[type[Exception], ...] = ()
+    """Failures that are part of normal operation: retried and logged without a traceback."""
 
 
 class Controller:
@@ -73,9 +77,15 @@ class Controller:
         self._metrics = metrics.for_controller(name, self.settings.workers)
         self._informers: list[Informer] = []
 
-    def watch(self, informer: Informer, mapper: KeyMapper | None = None) -> None:
-        """Enqueue the keys `mapper` derives from each of `informer`'s events (default: its key)."""
+    def reads(self, informer: Informer) -> None:
+        """Start only once `informer` has synced: reconcile reads its cache, whose events need
+        not enqueue anything."""
         self._informers.append(informer)
+
+    def watch(self, informer: Informer, mapper: KeyMapper | None = None) -> None:
+        """Enqueue the keys `mapper` derives from each of `informer`'s events (default: its key);
+        the controller reads it too."""
+        self.reads(informer)
         if mapper is None:
             informer.add_handler(lambda event: self.queue.add(event.key))
         else:
@@ -165,8 +175,8 @@ class Controller:
                 self.queue.add_rate_limited(key)
                 log.warning(
                     "reconcile failed; will retry",
-                    exc_info=True,
-                    extra={"error": repr(err), "retries": self.queue.num_requeues(key)},
+                    exc_info=not isinstance(err, self.settings.expected_errors),
+                    extra={"error": str(err), "retries": self.queue.num_requeues(key)},
                 )
             else:
                 self._requeue(key, result or Result())
@@ -179,9 +189,6 @@ class Controller:
             self._metrics.reconcile_total["requeue_after"].inc()
             self.queue.forget(key)
             self.queue.add_after(key, result.requeue_after)
-        elif result.requeue:
-            self._metrics.reconcile_total["requeue"].inc()
-            self.queue.add_rate_limited(key)
         else:
             self._metrics.reconcile_total["success"].inc()
             self.queue.forget(key)

@@ -3,6 +3,7 @@
 K8sRuntimeError
 +-- QueueShutDown        get() on a queue that is shutting down: a worker's cue to exit
 +-- WatchExpired         the watch asked for a resourceVersion the server no longer has (410)
++-- WatchClosedEarly     a watch ended at once without any event (the server is refusing it)
 +-- ApiStatusError       the API server answered a list/watch with an error status
 +-- LeadershipLost       the lease could not be renewed within the renew deadline
 TerminalError            raised by reconcile(): bad input only a human can fix; never retried

@@ -54,6 +54,9 @@ class Resource:
             return f"{prefix}/namespaces/{namespace}/{self.plural}"
         return f"{prefix}/{self.plural}"
 
+    def object_path(self, name: str, namespace: str | None = None) -> str:
+        return f"{self.collection_path(namespace)}/{name}"
+
 
 @dataclass(frozen=True)
 class WatchSettings:
@@ -136,7 +139,8 @@ class Informer:
         self.settings = settings or WatchSettings()
         self.path = resource.collection_path(namespace)
         self.store = Store(indexers)
-        self._transform = transform
+        self.transform = transform
+        self.selectors = (label_selector, field_selector)
         self.stats = InformerStats()
         self.last_resource_version = ""
         self._selectors = [
@@ -374,7 +378,7 @@ class Informer:
         raise error
 
     def _transformed(self, obj: KubeObject) -> KubeObject:
-        return obj if self._transform is None else self._transform(obj)
+        return obj if self.transform is None else self.transform(obj)
 
     def _emit(self, event: Event) -> None:
         self.stats.events[event.type] += 1

@@ -5,7 +5,8 @@ process lifecycle.
       start /healthz /readyz /metrics
       start every informer            (all replicas: followers keep their caches warm)
       [wait for the lease]            (only with leader election)
-      run every controller            (each waits for its informers to sync first)
+      run every controller            (each waits for the informers it reads to sync first)
+      and every added runnable
     SIGTERM/SIGINT or `stop` set
       controllers stop taking work, finish in-flight reconciles within their bound
       release the lease, stop informers, stop the server
@@ -19,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from kubernetes_asyncio.client import ApiClient
 
 from reconciler.k8s.controller import Controller, ControllerSettings, Reconcile
 from reconciler.k8s.informer import Informer, Resource, Transform, WatchSettings
+from reconciler.k8s.informers import InformerSet
 from reconciler.k8s.leader import LeaderElectionSettings, LeaderElector
 from reconciler.k8s.metrics import RuntimeMetrics
 from reconciler.k8s.ratelimit import RateLimiter
@@ -36,6 +38,9 @@ from reconciler.k8s.tasks import cancel_and_wait, wait_set
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+#: Work run beside the controllers while leading: it returns (or is cancelled) once `stop` is set.
+Runnable = Callable[[asyncio.Event], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,9 @@ class Manager:
         self.api_client = api_client
         self.settings = settings or ManagerSettings()
         self.metrics = metrics if metrics is not None else RuntimeMetrics()
-        self.informers: list[Informer] = []
+        self.informers = InformerSet(api_client, self.settings.watching)
         self.controllers: list[Controller] = []
+        self.runnables: list[Runnable] = []
         self.elector = (
             LeaderElector(api_client, self.settings.leader_election, metrics=self.metrics)
             if self.settings.leader_election is not None
@@ -80,18 +86,15 @@ class Manager:
         indexers: Mapping[str, Indexer] | None = None,
         transform: Transform | None = None,
     ) -> Informer:
-        informer = Informer(
-            self.api_client,
+        """An informer shared by every reader of the same objects (see InformerSet)."""
+        return self.informers.informer(
             resource,
             namespace=namespace,
             label_selector=label_selector,
             field_selector=field_selector,
             indexers=indexers,
             transform=transform,
-            settings=self.settings.watching,
         )
-        self.informers.append(informer)
-        return informer
 
     def controller(
         self,
@@ -107,10 +110,14 @@ class Manager:
         self.controllers.append(controller)
         return controller
 
+    def add(self, runnable: Runnable) -> None:
+        """Run `runnable(stop)` with the controllers: only while leading, drained on stop."""
+        self.runnables.append(runnable)
+
     # state --------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return all(informer.has_synced() for informer in self.informers)
+        return self.informers.has_synced()
 
     @property
     def is_leader(self) -> bool:
@@ -136,9 +143,7 @@ class Manager:
         )
         await server.start()
         self._server = server
-        informer_tasks = [
-            asyncio.create_task(informer.run(), name=repr(informer)) for informer in self.informers
-        ]
+        informer_tasks = self.informers.start()
         log.info("manager started", extra={"port": server.port})
         work = asyncio.create_task(
             self._run_controllers(stop)
@@ -154,7 +159,8 @@ class Manager:
                 raise ended.exception() or RuntimeError(f"{ended.get_name()} ended")
             work.result()
         finally:
-            await cancel_and_wait(work, *informer_tasks)
+            await cancel_and_wait(work)
+            await self.informers.stop()
             await server.stop()
             self._server = None
             if handle_signals:
@@ -177,7 +183,9 @@ class Manager:
         await electing
 
     async def _run_controllers(self, stop: asyncio.Event) -> None:
-        if not self.controllers:
+        work: list[Awaitable[None]] = [controller.run(stop) for controller in self.controllers]
+        work += [runnable(stop) for runnable in self.runnables]
+        if not work:
             await stop.wait()
             return
-        await asyncio.gather(*(controller.run(stop) for controller in self.controllers))
+        await asyncio.gather(*work)

@@ -35,6 +35,21 @@ class Store:
         # index name -> index value -> keys
         self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
 
+    def add_indexer(self, name: str, indexer: Indexer) -> None:
+        """Index by `indexer` too (objects already stored included). ValueError if `name` is
+        taken by another indexer: two readers of one cache must agree on what an index means."""
+        existing = self._indexers.get(name)
+        if existing is not None:
+            if existing is not indexer:
+                raise ValueError(f"index {name!r} already exists with another indexer")
+            return
+        self._indexers[name] = indexer
+        index: dict[str, set[str]] = {}
+        for key, obj in self._objects.items():
+            for value in indexer(obj):
+                index.setdefault(value, set()).add(key)
+        self._indices[name] = index
+
     def get(self, key: str) -> KubeObject | None:
         return self._objects.get(key)
 

@@ -1,4 +1,11 @@
-"""Errors of the test sandbox. Each names the daemon or command at fault and where to look."""
+"""Errors of the test sandbox. Each names the daemon or command at fault and where to look.
+
+SandboxError
+├── MissingPackage      a program the sandbox runs is not installed (says which package)
+├── PortInUse           a daemon's port is taken
+├── DaemonFailed        a daemon exited or did not get ready in time (with its log's tail)
+└── CommandFailed       a command exited non-zero (with its output)
+"""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.controllers.kinds import RETRY_ANNOTATION, volume_handle_selector
+from reconciler.kinds import RETRY_ANNOTATION, volume_handle_selector
 from reconciler.sandbox import cephcsi, site
 from reconciler.sandbox.ceph import CSI_USER, SitePair
 from reconciler.sandbox.cephcsi import Provisioned

@@ -20,12 +20,6 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from reconciler.controllers.kinds import (
-    API_VERSION,
-    CLUSTER_ID_MAPPINGS,
-    VOLUME_HANDLE_MAPPINGS,
-)
-from reconciler.controllers.status import condition, merge_conditions, server_side_apply
 from reconciler.csi import (
     ResolvedVolume,
     Resolver,
@@ -35,6 +29,9 @@ from reconciler.csi import (
 )
 from reconciler.handle import VolumeHandle
 from reconciler.k8s import RateLimitedApiClient, Resource, make_api_client, request_json
+from reconciler.k8s.apply import server_side_apply
+from reconciler.k8s.conditions import condition, merge_conditions
+from reconciler.kinds import API_VERSION, CLUSTER_ID_MAPPINGS, FIELD_MANAGER, VOLUME_HANDLE_MAPPINGS
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
@@ -118,7 +115,7 @@ async def write_status(
     api: RateLimitedApiClient, resource: Resource, kind: str, name: str, status: dict[str, Any]
 ) -> None:
     body = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "status": status}
-    await server_side_apply(api, resource, body, subresource="status")
+    await server_side_apply(api, resource, body, field_manager=FIELD_MANAGER, subresource="status")
 
 
 async def create_handle_mapping(api: RateLimitedApiClient, name: str, old: str) -> None:
@@ -365,7 +362,7 @@ async def test_before_sync_the_answer_is_unavailable_never_not_found(
         async with Resolver(dead_api, csi_config_namespace=world.namespace) as cut_off:
             with pytest.raises(ResolverUnavailable) as raised:
                 await cut_off.resolve(some_handle, sync_timeout=1.0)
-            assert cut_off.handle_mappings.stats.failures >= 1
+            assert cut_off.volume_handle_mappings.stats.failures >= 1
     finally:
         await dead_api.close()
     assert "/apis/rbdmirror.csi.ceph.io/v1alpha1/volumehandlemappings" in raised.value.waiting_for

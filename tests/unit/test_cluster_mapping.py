@@ -7,13 +7,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.controllers.clusteridmapping import (
-    MappingSpec,
-    disagreement,
-    render_cluster_mapping,
-)
-from reconciler.controllers.status import condition, merge_conditions
+from reconciler.controllers.clusterids import MappingSpec, disagreement
+from reconciler.controllers.csimapping import render_cluster_mapping
 from reconciler.errors import InvalidConfig
+from reconciler.k8s.conditions import condition, merge_conditions
 
 
 def mapping(name: str, a: str, b: str, *pools: dict[str, Any], **status: Any) -> dict[str, Any]:

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.cephconn import ObjectExists
-from reconciler.errors import CephUnavailable, JournalConflict
+from reconciler.errors import CephUnavailable, JournalConflict, ObjectExists
 from reconciler.journal import VolumeJournal, VolumeReservation
 
 UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"

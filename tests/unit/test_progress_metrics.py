@@ -43,7 +43,7 @@ def collector(
     return (
         ProgressCollector(
             pending_volumes=lambda: pending,
-            handle_mappings=vhms,
+            volume_handle_mappings=vhms,
             cluster_id_mappings=cidms,
             active=lambda: active,
             now=lambda: NOW,

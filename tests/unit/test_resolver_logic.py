@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from reconciler.controllers.kinds import VOLUME_HANDLE_MAPPINGS
 from reconciler.csi import (
     LocalClusterNotConfigured,
     ResolvedVolume,
@@ -22,7 +21,7 @@ from reconciler.csi import (
 from reconciler.csi.resolution import (
     ENTRY,
     HANDLE_INDEX,
-    ClusterMappings,
+    ClusterRoutes,
     LocalClusters,
     index_trimmed_handle,
     resolve,
@@ -31,6 +30,7 @@ from reconciler.csi.resolution import (
 from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
 from reconciler.k8s import Informer, KubeObject, Store
+from reconciler.kinds import VOLUME_HANDLE_MAPPINGS
 from tests.unit.listwatch_server import ListWatchServer, serving
 
 UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
@@ -120,7 +120,7 @@ def test_a_ready_handle_mapping_is_the_answer() -> None:
     found = resolve(
         OLD,
         store_of(handle_mapping("pv-1", radosNamespace="ns1")),
-        ClusterMappings(),
+        ClusterRoutes(),
         csi_config("site-b"),
     )
     assert found == ResolvedVolume(
@@ -145,7 +145,7 @@ def test_the_cache_keeps_only_what_resolving_reads() -> None:
 
 
 def test_a_cluster_mapping_computes_the_handle_keeping_the_uuid() -> None:
-    mappings = ClusterMappings.from_objects(
+    mappings = ClusterRoutes.from_objects(
         [
             cluster_mapping("m2-knows-the-pool", POOL),
             cluster_mapping("m1-other-pool", {**POOL, "name": "other", "remotePoolID": 9}),
@@ -183,15 +183,15 @@ def test_an_unusable_handle_mapping_falls_through_and_is_named(
     mapping: KubeObject, why: str
 ) -> None:
     store = store_of(mapping)
-    mappings = ClusterMappings.from_objects([cluster_mapping("m1", POOL)])
+    mappings = ClusterRoutes.from_objects([cluster_mapping("m1", POOL)])
     assert resolve(OLD, store, mappings, csi_config("site-b")).how == "cluster-mapping"
     with pytest.raises(VolumeNotFound) as raised:
-        resolve(OLD, store, ClusterMappings(), csi_config("site-b"))
+        resolve(OLD, store, ClusterRoutes(), csi_config("site-b"))
     assert any(m.startswith(why) for m in raised.value.missing), raised.value.missing
 
 
 def test_not_found_names_every_mapping_it_tried_and_the_config() -> None:
-    mappings = ClusterMappings.from_objects(
+    mappings = ClusterRoutes.from_objects(
         [
             cluster_mapping("m1-no-pool", {**POOL, "remotePoolID": 3}),
             cluster_mapping("m2-no-local-id", {"name": "replicapool", "remotePoolID": 2}),
@@ -215,7 +215,7 @@ def test_not_found_names_every_mapping_it_tried_and_the_config() -> None:
 def test_an_unknown_cluster_without_config_is_not_found_saying_so() -> None:
     no_config = LocalClusters.from_config_map(SOURCE, None)
     with pytest.raises(VolumeNotFound) as raised:
-        resolve(OLD, store_of(), ClusterMappings(), no_config)
+        resolve(OLD, store_of(), ClusterRoutes(), no_config)
     assert raised.value.missing == (
         "no VolumeHandleMapping names it",
         "no ClusterIDMapping names clusterID 'site-a'",
@@ -225,7 +225,7 @@ def test_an_unknown_cluster_without_config_is_not_found_saying_so() -> None:
 
 def test_a_local_handle_is_used_as_is_with_the_pool_name_when_a_mapping_knows_it() -> None:
     local = VolumeHandle("site-b", 5, UUID).encode()
-    found = resolve(local, store_of(), ClusterMappings(), csi_config("site-b", namespace="ns"))
+    found = resolve(local, store_of(), ClusterRoutes(), csi_config("site-b", namespace="ns"))
     assert (found.how, found.volume_handle, found.via) == ("local", local, SOURCE)
     assert (found.cluster_id, found.rados_namespace, found.pool, found.pool_id) == (
         "site-b",
@@ -233,32 +233,32 @@ def test_a_local_handle_is_used_as_is_with_the_pool_name_when_a_mapping_knows_it
         None,
         5,
     )
-    mappings = ClusterMappings.from_objects([cluster_mapping("m1", POOL)])
+    mappings = ClusterRoutes.from_objects([cluster_mapping("m1", POOL)])
     assert resolve(local, store_of(), mappings, csi_config("site-b")).pool == "replicapool"
 
 
 def test_a_mapping_to_a_cluster_the_config_lacks_is_not_not_found() -> None:
     with pytest.raises(LocalClusterNotConfigured) as raised:
-        resolve(OLD, store_of(handle_mapping("pv-1")), ClusterMappings(), csi_config("site-c"))
+        resolve(OLD, store_of(handle_mapping("pv-1")), ClusterRoutes(), csi_config("site-c"))
     assert raised.value.retryable
     assert "has no entry for clusterID 'site-b'" in str(raised.value)
     broken = LocalClusters.from_config_map(
         SOURCE, {"metadata": {"name": "x"}, "data": {"config.json": "[{"}}
     )
     with pytest.raises(LocalClusterNotConfigured, match="is unusable: it is invalid"):
-        resolve(OLD, store_of(handle_mapping("pv-1")), ClusterMappings(), broken)
+        resolve(OLD, store_of(handle_mapping("pv-1")), ClusterRoutes(), broken)
 
 
 def test_ready_handle_mappings_that_disagree_are_used_for_neither() -> None:
     other = VolumeHandle("site-b", 6, UUID).encode()
     store = store_of(handle_mapping("pv-1"), handle_mapping("pv-2", newVolumeHandle=other))
     with pytest.raises(VolumeNotFound, match="map it to different handles"):
-        resolve(OLD, store, ClusterMappings(), csi_config("site-b"))
+        resolve(OLD, store, ClusterRoutes(), csi_config("site-b"))
 
 
 def test_a_malformed_handle_no_mapping_names_is_invalid() -> None:
     with pytest.raises(InvalidHandle):
-        resolve("not-a-handle", store_of(), ClusterMappings(), csi_config("site-b"))
+        resolve("not-a-handle", store_of(), ClusterRoutes(), csi_config("site-b"))
 
 
 async def test_the_informer_stores_mappings_trimmed_and_indexed_through_changes() -> None:

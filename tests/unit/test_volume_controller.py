@@ -15,7 +15,10 @@ import pytest
 from kubernetes_asyncio.client import ApiClient, Configuration
 
 from reconciler.cephconn import ConnectionPool
-from reconciler.controllers.kinds import (
+from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
+from reconciler.k8s import Event, EventType, Informer, KubeObject
+from reconciler.k8s.events import EventRecorder
+from reconciler.kinds import (
     CIDM_CLUSTER_INDEX,
     CLUSTER_ID_MAPPINGS,
     CONFIG_MAPS,
@@ -27,12 +30,8 @@ from reconciler.controllers.kinds import (
     index_cidm_clusters,
     index_pv_cluster,
     index_vhm_handle,
-    mapping_for_old_handle,
     pv_trimmer,
 )
-from reconciler.controllers.status import EventRecorder
-from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
-from reconciler.k8s import Event, EventType, Informer, KubeObject
 from reconciler.volume import CSIVolume
 
 LOCAL = "site-b"
@@ -100,13 +99,13 @@ async def reconciler() -> AsyncIterator[VolumeReconciler]:
     yield VolumeReconciler(
         api,
         volumes=volumes,
-        handle_mappings=Informer(
+        volume_handle_mappings=Informer(
             api, VOLUME_HANDLE_MAPPINGS, indexers={VHM_HANDLE_INDEX: index_vhm_handle}
         ),
-        mappings=mappings,
+        cluster_id_mappings=mappings,
         csi_config=Informer(api, CONFIG_MAPS, namespace="ceph-csi"),
         connections=ConnectionPool(),
-        events=EventRecorder(api, "test"),
+        events=EventRecorder(api, "test", "test"),
         settings=VolumeSettings(local_cluster_id=LOCAL, csi_config_namespace="ceph-csi"),
     )
     await api.close()
@@ -147,9 +146,23 @@ async def test_a_local_pv_costs_no_api_call_and_no_ceph_io(reconciler: VolumeRec
 async def test_a_pv_waits_without_a_condition_while_its_mapping_is_being_reconciled(
     reconciler: VolumeReconciler,
 ) -> None:
-    reconciler.mappings.store.upsert(mapping("m", "site-a", ready=None))
-    result = await reconciler.reconcile("a-1")
-    assert result is not None and result.requeue
+    pending = mapping("m", "site-a", ready=None)
+    reconciler.cluster_id_mappings.store.upsert(pending)
+    # No API call (NoCalls would raise) and no requeue: the status write's event brings it back.
+    assert await reconciler.reconcile("a-1") is None
+    written = mapping("m", "site-a", ready=True)
+    assert reconciler.volumes_of_mapping(event(EventType.MODIFIED, written, pending)) == [
+        "a-1",
+        "a-2",
+    ]
+    # A pending spec edit of a mapping already written waits for its new status, too.
+    edited = mapping("m", "site-a", ready=True, generation=2)
+    rewritten = {**edited, "status": {**edited["status"], "observedGeneration": 2}}
+    assert reconciler.volumes_of_mapping(event(EventType.MODIFIED, edited, written)) == []
+    assert reconciler.volumes_of_mapping(event(EventType.MODIFIED, rewritten, edited)) == [
+        "a-1",
+        "a-2",
+    ]
 
 
 def event(kind: EventType, obj: KubeObject, old: KubeObject | None = None) -> Event:
@@ -183,12 +196,12 @@ def test_a_mapping_change_that_changes_nothing_for_pvs_re_queues_none(
 def test_a_mapping_is_found_by_old_handle_in_one_index_lookup(
     reconciler: VolumeReconciler,
 ) -> None:
-    store = reconciler.handle_mappings.store
+    store = reconciler.volume_handle_mappings.store
     for name, cluster_id in (("a-1", "site-a"), ("c-1", "site-c")):
         store.upsert({"metadata": {"name": name}, "spec": {"volumeHandle": handle(cluster_id)}})
-    found = mapping_for_old_handle(store, handle("site-c"))
-    assert found is not None and found["metadata"]["name"] == "c-1"
-    assert mapping_for_old_handle(store, handle("site-z")) is None
+    [found] = store.by_index(VHM_HANDLE_INDEX, handle("site-c"))
+    assert found["metadata"]["name"] == "c-1"
+    assert store.by_index(VHM_HANDLE_INDEX, handle("site-z")) == []
 
 
 def test_the_pv_transform_keeps_what_the_controllers_read_and_little_else(
@@ -253,7 +266,7 @@ def test_pending_volumes_are_remote_pvs_without_a_ready_mapping_for_their_handle
         return sorted(pv["metadata"]["name"] for pv in reconciler.pending_volumes())
 
     assert pending() == ["a-1", "a-2", "c-1"]  # b-1 is local: nothing to remap
-    store = reconciler.handle_mappings.store
+    store = reconciler.volume_handle_mappings.store
     store.upsert(ready_mapping("a-1", handle("site-a")))
     store.upsert(ready_mapping("a-2", handle("site-a"), ready=False))
     store.upsert(ready_mapping("c-1", handle("site-c", pool_id=9)))  # an earlier handle

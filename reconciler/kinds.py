@@ -1,4 +1,5 @@
-"""The API kinds the controllers read and write, how they are addressed and indexed."""
+"""The API vocabulary of rbd-mirror-reconciler: the kinds it reads and writes, how they are
+addressed, indexed, labelled and trimmed. Both the controllers and the CSI-side client use it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 
 from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
-from reconciler.k8s import KubeObject, Resource, Store, Transform
+from reconciler.k8s import KubeObject, Resource, Transform
 
 GROUP = "rbdmirror.csi.ceph.io"
 VERSION = "v1alpha1"
@@ -23,8 +24,13 @@ PERSISTENT_VOLUME_KIND = ("v1", "PersistentVolume")
 CLUSTER_ID_MAPPING_KIND = (API_VERSION, "ClusterIDMapping")
 VOLUME_HANDLE_MAPPING_KIND = (API_VERSION, "VolumeHandleMapping")
 
-#: The field manager of every server-side apply, so the API server knows what is ours.
-FIELD_MANAGER = "rbd-mirror-reconciler"
+#: Who writes: the field manager of every server-side apply (so the API server knows what is
+#: ours) and the reporting component of every Event.
+COMPONENT = "rbd-mirror-reconciler"
+FIELD_MANAGER = COMPONENT
+
+#: A ClusterIDMapping's condition: it disagrees with another mapping of the same clusterIDs.
+CONFLICTING = "Conflicting"
 
 #: On each VolumeHandleMapping: a digest of its old handle (handles may hold characters a label
 #: cannot), so a CSI-side lookup by old handle is one request selecting one object.
@@ -86,12 +92,6 @@ def index_pv_pool(pv: KubeObject) -> list[str]:
 def index_vhm_handle(vhm: KubeObject) -> list[str]:
     handle = (vhm.get("spec") or {}).get("volumeHandle")
     return [handle] if isinstance(handle, str) else []
-
-
-def mapping_for_old_handle(handle_mappings: Store, handle: str) -> KubeObject | None:
-    """The VolumeHandleMapping of old handle `handle` from a cache: one index lookup."""
-    found = handle_mappings.by_index(VHM_HANDLE_INDEX, handle)
-    return found[0] if found else None
 
 
 def index_vhm_pool(vhm: KubeObject) -> list[str]:
