@@ -9,10 +9,10 @@ STAMPS      := .stamps
 # Ceph's Python bindings are only built for Debian's own interpreter, so the venv uses it too.
 SYSTEM_PY   := /usr/bin/python3
 APT_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common rbd-mirror python3-rados python3-rbd \
-                python3-venv prometheus
+                python3-venv prometheus librados-dev librbd-dev libcephfs-dev
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit test-alerts test-e2e bench demo clean kube-bins
+.PHONY: help setup lint test test-unit test-alerts test-e2e bench demo clean kube-bins cephcsi-bin
 
 help:
 	@echo "make setup      install Debian packages and the virtualenv (idempotent)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-alerts promtool check + unit tests of the Prometheus alert rules"
 	@echo "make test-e2e   tests against real Ceph daemons and a real kube-apiserver"
 	@echo "make kube-bins  build kube-apiserver, kube-controller-manager, etcd once (cached in ~/.cache)"
+	@echo "make cephcsi-bin build the real ceph-csi v3.12.2 and CSI gRPC stubs once (cached in ~/.cache)"
 	@echo "make test       all of the above"
 	@echo "make bench      benchmarks on real daemons (figures, not pass/fail)"
 	@echo "make demo       a real failover on a local Ceph pair + API server, then the controller"
@@ -67,7 +68,12 @@ test-alerts: setup
 kube-bins:
 	hack/build-kube.sh
 
-test-e2e: setup kube-bins
+# The real, unmodified ceph-csi from its source tarball (cgo: needs the lib*-dev packages of
+# setup) and Python stubs for its CSI gRPC API; cached by tag, a no-op once built.
+cephcsi-bin: setup
+	hack/build-cephcsi.sh
+
+test-e2e: setup kube-bins cephcsi-bin
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint test-alerts test-unit test-e2e
