@@ -21,6 +21,61 @@ DEFAULT_CONFIGMAP = "ceph-csi-config"
 
 
 @dataclass(frozen=True)
+class ConfigKey:
+    """One key of one ConfigMap: where a deployment keeps one of ceph-csi's files."""
+
+    namespace: str
+    name: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name} key {self.key}"
+
+
+@dataclass(frozen=True)
+class CSIConfigLayout:
+    """Where a deployment keeps the two files ceph-csi reads from /etc/ceph-csi-config/."""
+
+    config: ConfigKey
+    """config.json: the clusters and their monitors."""
+    cluster_mapping: ConfigKey
+    """cluster-mapping.json: which clusterID and pool IDs stand for which after a failover."""
+
+
+#: name -> (config.json ConfigMap, its key, cluster-mapping.json ConfigMap, its key).
+LAYOUTS = {
+    # ceph-csi's Helm charts: both files in one ConfigMap.
+    "helm": (DEFAULT_CONFIGMAP, "config.json", DEFAULT_CONFIGMAP, "cluster-mapping.json"),
+    # Rook: each in a ConfigMap of its own, under Rook's key names.
+    "rook": (
+        "rook-ceph-csi-config",
+        "csi-cluster-config-json",
+        "rook-ceph-csi-mapping-config",
+        "csi-mapping-config-json",
+    ),
+}
+
+
+def layout(
+    preset: str,
+    namespace: str,
+    *,
+    config: tuple[str | None, str | None] = (None, None),
+    cluster_mapping: tuple[str | None, str | None, str | None] = (None, None, None),
+) -> CSIConfigLayout:
+    """The `preset` layout in `namespace`, with any (name, key) / (namespace, name, key) given
+    instead of the preset's."""
+    config_name, config_key, mapping_name, mapping_key = LAYOUTS[preset]
+    mapping_namespace = cluster_mapping[0] or namespace
+    return CSIConfigLayout(
+        ConfigKey(namespace, config[0] or config_name, config[1] or config_key),
+        ConfigKey(
+            mapping_namespace, cluster_mapping[1] or mapping_name, cluster_mapping[2] or mapping_key
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     cluster_id: str
     monitors: tuple[str, ...]

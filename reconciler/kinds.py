@@ -31,6 +31,8 @@ FIELD_MANAGER = COMPONENT
 
 #: A ClusterIDMapping's condition: it disagrees with another mapping of the same clusterIDs.
 CONFLICTING = "Conflicting"
+#: A ClusterIDMapping's condition: ceph-csi's own files have what its old handles need.
+CEPH_CSI_CONFIGURED = "CephCSIConfigured"
 
 #: On each VolumeHandleMapping: a digest of its old handle (handles may hold characters a label
 #: cannot), so a CSI-side lookup by old handle is one request selecting one object.

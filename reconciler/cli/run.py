@@ -16,15 +16,15 @@ from typing import Any
 
 from reconciler.cephconn import DEFAULT_TIMEOUT, ConnectionPool
 from reconciler.cli.flags import host_port, positive_float, positive_int
+from reconciler.controllers.cephcsi import CONFIG_FILE, MAPPING_FILE, CephCSIConfigRenderer
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
-from reconciler.controllers.csimapping import CephCSIMappingRenderer
 from reconciler.controllers.metrics import ProgressCollector, remap_duration_histogram
 from reconciler.controllers.volumes import (
     DEFAULT_DRIVER,
     VolumeReconciler,
     VolumeSettings,
 )
-from reconciler.csiconfig import DEFAULT_CONFIGMAP
+from reconciler.csiconfig import LAYOUTS, CSIConfigLayout, layout
 from reconciler.errors import ReconcilerError
 from reconciler.journal import DEFAULT_INSTANCE_ID
 from reconciler.k8s import (
@@ -75,16 +75,19 @@ class RunConfig:
     kubeconfig: Path | None = None
     """kubeconfig file; None: the in-cluster service account."""
     driver_name: str = DEFAULT_DRIVER
-    csi_config_name: str = DEFAULT_CONFIGMAP
-    instance_id: str = DEFAULT_INSTANCE_ID
+    csi_config_layout: str = "helm"
+    """Where the deployment keeps ceph-csi's files: a preset of csiconfig.LAYOUTS ..."""
+    csi_config_name: str | None = None
+    """... whose names and keys these override when set."""
+    csi_config_key: str | None = None
     cluster_mapping_configmap: str | None = None
-    """Render ceph-csi's cluster-mapping.json into this ConfigMap; None: off."""
     cluster_mapping_namespace: str | None = None
-    """Its namespace; None: csi_config_namespace."""
-    cluster_mapping_key: str = "cluster-mapping.json"
+    cluster_mapping_key: str | None = None
+    manage_csi_config: bool = False
+    """Write ceph-csi's config.json aliases and cluster-mapping.json; else only report gaps."""
+    instance_id: str = DEFAULT_INSTANCE_ID
     workers: int = 4
     """Concurrent PV reconciles."""
-    legacy_handle_key: bool = False
     dry_run: bool = False
     ceph_timeout: float = DEFAULT_TIMEOUT
     health_address: tuple[str, int] = ("0.0.0.0", 8080)
@@ -104,8 +107,17 @@ class RunConfig:
         return cls(**{name: getattr(args, name) for name in names})
 
     @property
-    def mapping_namespace(self) -> str:
-        return self.cluster_mapping_namespace or self.csi_config_namespace
+    def layout(self) -> CSIConfigLayout:
+        return layout(
+            self.csi_config_layout,
+            self.csi_config_namespace,
+            config=(self.csi_config_name, self.csi_config_key),
+            cluster_mapping=(
+                self.cluster_mapping_namespace,
+                self.cluster_mapping_configmap,
+                self.cluster_mapping_key,
+            ),
+        )
 
     def manager_settings(self) -> ManagerSettings:
         leader = (
@@ -123,11 +135,9 @@ class RunConfig:
     def volume_settings(self) -> VolumeSettings:
         return VolumeSettings(
             local_cluster_id=self.local_cluster_id,
-            csi_config_namespace=self.csi_config_namespace,
-            csi_config_name=self.csi_config_name,
+            csi_config=self.layout.config,
             driver_name=self.driver_name,
             instance_id=self.instance_id,
-            legacy_handle_key=self.legacy_handle_key,
             dry_run=self.dry_run,
         )
 
@@ -201,31 +211,36 @@ def register(commands: Any) -> None:
         "--csi-config-namespace", required=True, help="namespace of ceph-csi's ConfigMap"
     )
     csi.add_argument(
-        "--csi-config-name",
-        default=RunConfig.csi_config_name,
-        help="ceph-csi's ConfigMap with config.json",
+        "--csi-config-layout",
+        choices=sorted(LAYOUTS),
+        default=RunConfig.csi_config_layout,
+        help="how ceph-csi was deployed: 'helm' (ConfigMap ceph-csi-config, keys config.json and "
+        "cluster-mapping.json) or 'rook' (rook-ceph-csi-config key csi-cluster-config-json, "
+        "rook-ceph-csi-mapping-config key csi-mapping-config-json); the flags below override "
+        "single names",
+    )
+    csi.add_argument("--csi-config-name", help="the ConfigMap with config.json (unset: layout's)")
+    csi.add_argument("--csi-config-key", help="config.json's key in it (unset: layout's)")
+    csi.add_argument(
+        "--cluster-mapping-configmap",
+        help="the ConfigMap with cluster-mapping.json (unset: layout's)",
+    )
+    csi.add_argument(
+        "--cluster-mapping-namespace", help="its namespace (unset: --csi-config-namespace)"
+    )
+    csi.add_argument("--cluster-mapping-key", help="cluster-mapping.json's key (unset: layout's)")
+    csi.add_argument(
+        "--manage-csi-config",
+        action="store_true",
+        help="write what ceph-csi needs for old handles: a config.json entry per failed site's "
+        "clusterID (this site's monitors) and cluster-mapping.json, marked renderedBy; entries "
+        "an admin wrote are never changed. Unset: each ClusterIDMapping's CephCSIConfigured "
+        "condition names what is missing",
     )
     csi.add_argument(
         "--instance-id",
         default=RunConfig.instance_id,
         help="ceph-csi's --instanceid (names the journal's directory object)",
-    )
-    csi.add_argument(
-        "--cluster-mapping-configmap",
-        help="render ceph-csi's cluster-mapping.json into this ConfigMap (unset: off)",
-    )
-    csi.add_argument(
-        "--cluster-mapping-namespace", help="its namespace (unset: --csi-config-namespace)"
-    )
-    csi.add_argument(
-        "--cluster-mapping-key",
-        default=RunConfig.cluster_mapping_key,
-        help="its key, as ceph-csi mounts it",
-    )
-    csi.add_argument(
-        "--legacy-handle-key",
-        action="store_true",
-        help="also write csi.volume.<old handle> -> <new handle> for older ceph-csi releases",
     )
 
     ceph = parser.add_argument_group("Ceph")
@@ -275,7 +290,13 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
     cluster_id_mappings = manager.informer(
         CLUSTER_ID_MAPPINGS, indexers={CIDM_CLUSTER_INDEX: index_cidm_clusters}
     )
-    csi_config = config_map_informer(manager, config.csi_config_namespace, config.csi_config_name)
+    # ceph-csi's two files; one informer when they share a ConfigMap (the Manager shares it).
+    where = config.layout
+    csi_config = config_map_informer(manager, where.config.namespace, where.config.name)
+    config_files = (
+        csi_config,
+        config_map_informer(manager, where.cluster_mapping.namespace, where.cluster_mapping.name),
+    )
     events = EventRecorder(api, COMPONENT, config.identity)
     registry = manager.metrics.registry
 
@@ -318,6 +339,8 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
         volume_handle_mappings=volume_handle_mappings,
         events=events,
         local_cluster_id=config.local_cluster_id,
+        csi_config_files=config_files,
+        layout=config.layout,
     )
     cidm_controller = manager.controller("clusteridmapping", cidm_reconciler.reconcile)
     cidm_controller.watch(cluster_id_mappings, cidm_reconciler.all_mappings)
@@ -325,23 +348,22 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
     cidm_controller.watch(
         volume_handle_mappings, cidm_reconciler.mappings_learning_from_handle_mapping
     )
+    for informer in config_files:
+        cidm_controller.watch(informer, cidm_reconciler.all_mappings)
 
-    if config.cluster_mapping_configmap:
-        # The same ConfigMap as ceph-csi-config is the same (shared) informer.
-        target = config_map_informer(
-            manager, config.mapping_namespace, config.cluster_mapping_configmap
-        )
-        renderer = CephCSIMappingRenderer(
+    if config.manage_csi_config:
+        renderer = CephCSIConfigRenderer(
             api,
             cluster_id_mappings=cluster_id_mappings,
-            config_maps=target,
-            namespace=config.mapping_namespace,
-            name=config.cluster_mapping_configmap,
-            key=config.cluster_mapping_key,
+            config_maps={CONFIG_FILE: config_files[0], MAPPING_FILE: config_files[1]},
+            layout=config.layout,
+            local_cluster_id=config.local_cluster_id,
+            events=events,
         )
-        render_controller = manager.controller("clustermapping-json", renderer.reconcile)
-        render_controller.watch(cluster_id_mappings, renderer.render_key)
-        render_controller.watch(target, renderer.render_key)
+        render_controller = manager.controller("cephcsi-config", renderer.reconcile)
+        render_controller.watch(cluster_id_mappings, renderer.both_files)
+        for informer in config_files:
+            render_controller.watch(informer, renderer.both_files)
 
 
 def config_map_informer(manager: Manager, namespace: str, name: str) -> Informer:

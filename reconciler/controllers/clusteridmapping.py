@@ -16,13 +16,16 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from reconciler.controllers.cephcsi import missing_entries
 from reconciler.controllers.clusterids import MappingSpec, disagreement
-from reconciler.k8s import Event, Informer, Result
+from reconciler.csiconfig import ConfigKey, CSIConfigLayout
+from reconciler.k8s import Event, Informer, KubeObject, Result
 from reconciler.k8s.apply import server_side_apply
 from reconciler.k8s.conditions import READY, Condition, condition, merge_conditions, transition
 from reconciler.k8s.events import EventRecorder
 from reconciler.kinds import (
     API_VERSION,
+    CEPH_CSI_CONFIGURED,
     CIDM_CLUSTER_INDEX,
     CLUSTER_ID_MAPPING_KIND,
     CLUSTER_ID_MAPPINGS,
@@ -45,8 +48,13 @@ class ClusterIDMappingReconciler:
         volume_handle_mappings: Informer,
         events: EventRecorder,
         local_cluster_id: str,
+        csi_config_files: tuple[Informer, Informer],
+        layout: CSIConfigLayout,
     ) -> None:
         self.api_client = api_client
+        self.csi_config_files = csi_config_files
+        """The informers of the ConfigMaps of ceph-csi's config.json and cluster-mapping.json."""
+        self.layout = layout
         self.cluster_id_mappings = cluster_id_mappings
         self.volumes = volumes
         self.volume_handle_mappings = volume_handle_mappings
@@ -105,15 +113,16 @@ class ClusterIDMappingReconciler:
         local, remote = self._sides(spec)
         ready, conflicting = self._conditions(spec, conflicts, local, generation)
         old_status = obj.get("status") or {}
-        status = {
+        status: dict[str, Any] = {
             "observedGeneration": generation,
             "localClusterID": local,
             "remoteClusterID": remote,
             "rbdPools": self._pools(spec, local, remote) if local else [],
-            "conditions": merge_conditions(
-                old_status.get("conditions") or [], [ready, conflicting]
-            ),
         }
+        configured = self._configured({**obj, "status": status}, ready, generation)
+        status["conditions"] = merge_conditions(
+            old_status.get("conditions") or [], [ready, conflicting, configured]
+        )
         if status == old_status:
             return None
         await server_side_apply(
@@ -137,6 +146,31 @@ class ClusterIDMappingReconciler:
                 message=ready["message"],
             )
         return None
+
+    def _configured(self, obj: KubeObject, ready: Condition, generation: int) -> Condition:
+        """Whether ceph-csi's own files carry what the old handles of this mapping need."""
+        if ready["status"] != "True":
+            message = "the mapping is not Ready: ceph-csi is not to use it"
+            return condition(CEPH_CSI_CONFIGURED, False, "NotReady", message, generation)
+        texts = [
+            self._file(informer, where)
+            for informer, where in zip(
+                self.csi_config_files,
+                (self.layout.config, self.layout.cluster_mapping),
+                strict=True,
+            )
+        ]
+        missing = missing_entries(obj, texts[0], texts[1], self.layout)
+        if missing:
+            message = "; ".join(missing)
+            return condition(CEPH_CSI_CONFIGURED, False, "MissingConfigEntry", message, generation)
+        message = f"{self.layout.config} and {self.layout.cluster_mapping} resolve its old handles"
+        return condition(CEPH_CSI_CONFIGURED, True, "Configured", message, generation)
+
+    @staticmethod
+    def _file(informer: Informer, where: ConfigKey) -> str | None:
+        config_map = informer.store.get(f"{where.namespace}/{where.name}")
+        return None if config_map is None else (config_map.get("data") or {}).get(where.key)
 
     def _sides(self, spec: MappingSpec) -> tuple[str, str]:
         """(local, remote) clusterIDs on this site; ("", "") when neither side is local."""

@@ -43,7 +43,7 @@ from reconciler.controllers.clusterids import (
     usability,
 )
 from reconciler.controllers.metrics import age_seconds
-from reconciler.csiconfig import DEFAULT_CONFIGMAP, ClusterConfig, CSIConfig
+from reconciler.csiconfig import ClusterConfig, ConfigKey, CSIConfig
 from reconciler.errors import (
     CSIConfigUnavailable,
     InvalidInput,
@@ -84,7 +84,6 @@ from reconciler.volume import CSIVolume
 log = logging.getLogger(__name__)
 
 DEFAULT_DRIVER = "rbd.csi.ceph.com"
-CSI_CONFIG_KEY = "config.json"
 REGENERATED = "JournalRegenerated"
 #: Status fields that describe a regeneration: kept through a later transient failure of the
 #: same handle, so a CSI-side lookup still finds the new handle during a Ceph outage.
@@ -104,8 +103,8 @@ RESULT_FIELDS = (
 class VolumeSettings:
     local_cluster_id: str
     """This site's clusterID in ceph-csi-config (--local-cluster-id)."""
-    csi_config_namespace: str
-    csi_config_name: str = DEFAULT_CONFIGMAP
+    csi_config: ConfigKey
+    """Where ceph-csi's config.json is (--csi-config-layout and its overrides)."""
     driver_name: str = DEFAULT_DRIVER
     instance_id: str = DEFAULT_INSTANCE_ID
     """ceph-csi's --instanceid: names the journal's directory object."""
@@ -285,17 +284,15 @@ class VolumeReconciler:
         )
 
     def _local_config(self) -> ClusterConfig:
-        where = f"ConfigMap {self.settings.csi_config_namespace}/{self.settings.csi_config_name}"
-        config_map = self.csi_config.store.get(
-            f"{self.settings.csi_config_namespace}/{self.settings.csi_config_name}"
-        )
+        where = self.settings.csi_config
+        config_map = self.csi_config.store.get(f"{where.namespace}/{where.name}")
         if config_map is None:
-            raise CSIConfigUnavailable(f"{where} does not exist")
+            raise CSIConfigUnavailable(f"ConfigMap {where.namespace}/{where.name} does not exist")
         version = str(config_map["metadata"].get("resourceVersion", ""))
         if self._parsed_config is None or self._parsed_config[0] != version:
-            text = (config_map.get("data") or {}).get(CSI_CONFIG_KEY)
+            text = (config_map.get("data") or {}).get(where.key)
             if text is None:
-                raise CSIConfigUnavailable(f"{where} has no {CSI_CONFIG_KEY} key")
+                raise CSIConfigUnavailable(f"{where} does not exist")
             try:
                 self._parsed_config = (version, CSIConfig.parse(text))
             except InvalidInput as err:

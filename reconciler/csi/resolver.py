@@ -51,6 +51,7 @@ class Resolver:
         *,
         csi_config_namespace: str,
         csi_config_name: str = DEFAULT_CONFIGMAP,
+        csi_config_key: str = "config.json",
         watch_settings: WatchSettings | None = None,
     ) -> None:
         self.informers = InformerSet(api_client, watch_settings)
@@ -67,6 +68,7 @@ class Resolver:
         )
         self._csi_config_key = f"{csi_config_namespace}/{csi_config_name}"
         self._csi_config_source = f"ConfigMap {self._csi_config_key}"
+        self._csi_config_data_key = csi_config_key
         # Derived on each change (both kinds are few objects), not on each resolve.
         self.cluster_routes = ClusterRoutes()
         self.local_clusters = LocalClusters.from_config_map(self._csi_config_source, None)
@@ -127,7 +129,9 @@ class Resolver:
 
     def _on_csi_config(self, _: Event) -> None:
         self.local_clusters = LocalClusters.from_config_map(
-            self._csi_config_source, self.csi_config.store.get(self._csi_config_key)
+            self._csi_config_source,
+            self.csi_config.store.get(self._csi_config_key),
+            self._csi_config_data_key,
         )
 
 

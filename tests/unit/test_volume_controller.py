@@ -16,6 +16,7 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 
 from reconciler.cephconn import ConnectionPool
 from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
+from reconciler.csiconfig import ConfigKey
 from reconciler.k8s import Event, EventType, Informer, KubeObject
 from reconciler.k8s.events import EventRecorder
 from reconciler.kinds import (
@@ -106,7 +107,10 @@ async def reconciler() -> AsyncIterator[VolumeReconciler]:
         csi_config=Informer(api, CONFIG_MAPS, namespace="ceph-csi"),
         connections=ConnectionPool(),
         events=EventRecorder(api, "test", "test"),
-        settings=VolumeSettings(local_cluster_id=LOCAL, csi_config_namespace="ceph-csi"),
+        settings=VolumeSettings(
+            local_cluster_id=LOCAL,
+            csi_config=ConfigKey("ceph-csi", "ceph-csi-config", "config.json"),
+        ),
     )
     await api.close()
 
