@@ -47,7 +47,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	          /usr/lib/python3/dist-packages/rbd.cpython-311-x86_64-linux-gnu.so; do \
 	  ln -sf $$so $$site/; done
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,sandbox]'
 	@touch $@
 
 lint: setup

@@ -47,9 +47,10 @@ from reconciler.kinds import (
     index_vhm_handle,
     volume_handle_hash,
 )
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
+from reconciler.sandbox.site import install_crds
 
-REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "ceph-csi"
 REMOTE, LOCAL = "site-a", "site-b"
 REMOTE_POOL, LOCAL_POOL = 2, 5
@@ -57,16 +58,6 @@ POOL = "replicapool"
 
 
 # setting up the API server ----------------------------------------------------------------------
-
-
-def install_crds(kube: KubeSandbox) -> None:
-    kubectl = ["kubectl", "--kubeconfig", str(kube.kubeconfig)]
-    subprocess.run([*kubectl, "apply", "-k", str(REPO / "crds")], check=True, capture_output=True)
-    subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
-        check=True,
-        capture_output=True,
-    )
 
 
 async def create_world(kubeconfig: Path, count: int) -> float:
@@ -284,11 +275,12 @@ def line(name: str, figures: dict[str, float]) -> str:
 
 
 def bench(args: argparse.Namespace) -> None:
+    checkout = Checkout.at(Path.cwd())  # `make bench` runs from the repository's root
     with (
         tempfile.TemporaryDirectory(prefix="bench-resolve-") as workdir,
-        KubeSandbox(Path(workdir)) as kube,
+        KubeSandbox(Path(workdir), KubeBinaries.locate(checkout)) as kube,
     ):
-        install_crds(kube)
+        install_crds(kube.kubeconfig, checkout)
         created = asyncio.run(create_world(kube.kubeconfig, args.mappings))
         print(
             f"resolve: {args.mappings} Ready VolumeHandleMappings created and their status "

@@ -29,7 +29,8 @@ from reconciler.k8s.errors import QueueShutDown
 from reconciler.k8s.informer import Informer, Resource, strip_managed_fields
 from reconciler.k8s.tasks import cancel_and_wait
 from reconciler.k8s.workqueue import WorkQueue
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 
@@ -140,9 +141,10 @@ async def informer_sync(kubeconfig: Path, namespace: str, transform: bool) -> di
 
 
 def bench_informer(args: argparse.Namespace) -> None:
+    checkout = Checkout.at(Path.cwd())  # `make bench` runs from the repository's root
     with (
         tempfile.TemporaryDirectory(prefix="bench-kube-") as workdir,
-        KubeSandbox(Path(workdir)) as kube,
+        KubeSandbox(Path(workdir), KubeBinaries.locate(checkout)) as kube,
     ):
         namespace = "bench"
         created = asyncio.run(create_config_maps(kube.kubeconfig, namespace, args.objects))

@@ -1,4 +1,9 @@
-"""`sandbox up|down`: a local two-site Ceph world (and later an API server) for demos and tests."""
+"""`sandbox up|down|demo`: a local two-site Ceph world and API server for demos and tests.
+
+The sandbox is an extra (`pip install rbd-mirror-reconciler[sandbox]`), not part of the
+controller: its modules are imported by these commands only, never when the CLI is built, so
+`run` works in an image without them (or their `cryptography`).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from reconciler.cli.common import EXIT_USAGE
 from reconciler.errors import ReconcilerError
-from reconciler.sandbox.ceph import DEFAULT_POOL, start_pair
-from reconciler.sandbox.errors import SandboxError
-from reconciler.sandbox.kube import KubeSandbox
-from reconciler.sandbox.process import pid_runs, stop_pid
+
+if TYPE_CHECKING:
+    from reconciler.sandbox.checkout import Checkout
 
 DEFAULT_DIR = Path("/tmp/rbd-mirror-reconciler-sandbox")
 STATE_FILE = "sandbox.json"
+SOURCE_HELP = (
+    "a checkout of this repository: its crds/, config/ and hack/build-kube.sh are used "
+    "(default: the current directory)"
+)
 
 
 def register(commands: Any) -> None:
@@ -36,7 +45,7 @@ def register(commands: Any) -> None:
         default=DEFAULT_DIR,
         help=f"where all state and logs go (default {DEFAULT_DIR}); must not exist",
     )
-    up.add_argument("--pool", default=DEFAULT_POOL, help="the mirrored pool (default %(default)s)")
+    up.add_argument("--pool", default="replicapool", help="the mirrored pool (default %(default)s)")
     up.add_argument(
         "--failback",
         action="store_true",
@@ -48,6 +57,7 @@ def register(commands: Any) -> None:
         help="also start a real etcd + kube-apiserver + kube-controller-manager "
         "(built by `make kube-bins`) and print its admin kubeconfig path",
     )
+    up.add_argument("--source", type=Path, default=None, metavar="DIR", help=SOURCE_HELP)
     up.set_defaults(func=cmd_up)
     down = actions.add_parser("down", help="stop every daemon `sandbox up` started, by PID")
     down.add_argument(
@@ -65,10 +75,32 @@ def register(commands: Any) -> None:
     demo.add_argument(
         "--dir", type=Path, default=None, help="where state and logs go (default: a new temp dir)"
     )
+    demo.add_argument("--source", type=Path, default=None, metavar="DIR", help=SOURCE_HELP)
     demo.set_defaults(func=cmd_demo)
 
 
+def checkout_of(args: argparse.Namespace) -> Checkout | None:
+    """The checkout `--source` names (else the current directory), or None after saying why
+    it is not one."""
+    from reconciler.sandbox.checkout import Checkout  # noqa: PLC0415  (an extra: see above)
+    from reconciler.sandbox.errors import NotACheckout  # noqa: PLC0415
+
+    try:
+        return Checkout.at(args.source or Path.cwd())
+    except NotACheckout as err:
+        print(f"sandbox: {err}", file=sys.stderr)
+        return None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    # The sandbox is an extra: imported by its commands only (see the module docstring).
+    from reconciler.sandbox.ceph import start_pair  # noqa: PLC0415
+    from reconciler.sandbox.errors import SandboxError  # noqa: PLC0415
+    from reconciler.sandbox.kube import KubeBinaries, KubeSandbox  # noqa: PLC0415
+
+    checkout = checkout_of(args) if args.with_k8s else None
+    if args.with_k8s and checkout is None:
+        return EXIT_USAGE
     if (args.dir / STATE_FILE).exists():
         print(
             f"sandbox: {args.dir} already holds a sandbox; run `sandbox down --dir {args.dir}`",
@@ -82,9 +114,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     description = pair.describe()
     records = pair.daemon_records()
-    if args.with_k8s:
+    if checkout is not None:
         try:
-            kube = KubeSandbox(args.dir / "kube").start()
+            kube = KubeSandbox(args.dir / "kube", KubeBinaries.locate(checkout)).start()
         except SandboxError as err:
             pair.stop()  # nothing may be left running after a failed start
             print(f"sandbox: {err}", file=sys.stderr)
@@ -103,17 +135,23 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    # The demo drives librados directly; importing it here keeps the CLI usable without Ceph.
+    # The demo also needs Ceph's bindings: importing it here keeps the CLI usable without them.
     from reconciler.sandbox.demo import run_demo  # noqa: PLC0415
+    from reconciler.sandbox.errors import SandboxError  # noqa: PLC0415
 
+    checkout = checkout_of(args)
+    if checkout is None:
+        return EXIT_USAGE
     try:
-        return run_demo(args.dir)
+        return run_demo(checkout, args.dir)
     except (SandboxError, ReconcilerError) as err:
         print(f"demo: FAILED: {err}", file=sys.stderr)
         return 1
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from reconciler.sandbox.process import pid_runs, stop_pid  # noqa: PLC0415
+
     state_file = args.dir / STATE_FILE
     try:
         state = json.loads(state_file.read_text())

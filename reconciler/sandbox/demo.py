@@ -20,8 +20,9 @@ from reconciler.controllers.metrics import PREFIX as METRICS_PREFIX
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.sandbox import cephcsi, site
 from reconciler.sandbox.ceph import CSI_USER, SitePair, start_pair
+from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import SandboxError
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.process import poll_until, run
 
 SITE_A_ID = "site-a"
@@ -36,23 +37,27 @@ def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run_demo(base_dir: Path | None = None) -> int:
+def run_demo(checkout: Checkout, base_dir: Path | None = None) -> int:
+    """The demo, applying `checkout`'s CRDs and RBAC; state and logs under `base_dir`."""
     began = time.monotonic()
+    binaries = KubeBinaries.locate(checkout)  # before anything starts: fails fast if unbuilt
     base = base_dir or Path(tempfile.mkdtemp(prefix="rbd-mirror-demo-"))
     step("Starting two real Ceph sites mirrored by rbd-mirror, and site-b's Kubernetes API")
     pair = start_pair(base / "ceph")
     try:
-        with KubeSandbox(base / "kube") as kube:
+        with KubeSandbox(base / "kube", binaries) as kube:
             print(
                 f"   Ceph pair in {pair.started_in:.0f} s, API server in {kube.start_seconds:.0f} s"
             )
-            return _failover(pair, kube, base, began)
+            return _failover(checkout, pair, kube, base, began)
     finally:
         pair.stop()
         print(f"\nAll daemons stopped; logs and state kept in {base}")
 
 
-def _failover(pair: SitePair, kube: KubeSandbox, base: Path, began: float) -> int:
+def _failover(
+    checkout: Checkout, pair: SitePair, kube: KubeSandbox, base: Path, began: float
+) -> int:
     pool = pair.pool
     id_a, id_b = pair.site_a.pool_id(pool), pair.site_b.pool_id(pool)
     print(f"   pool {pool!r}: ID {id_a} on site-a, ID {id_b} on site-b (they differ, as in DR)")
@@ -77,8 +82,8 @@ def _failover(pair: SitePair, kube: KubeSandbox, base: Path, began: float) -> in
         "a ClusterIDMapping and the static PVs with their old handles"
     )
     cfg = kube.kubeconfig
-    site.install_crds(cfg)
-    site.install_rbac(cfg, NAMESPACE, base)
+    site.install_crds(cfg, checkout)
+    site.install_rbac(cfg, checkout, NAMESPACE, base)
     key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
     site.apply(
         cfg,

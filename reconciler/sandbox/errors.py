@@ -1,10 +1,14 @@
 """Errors of the test sandbox. Each names the daemon or command at fault and where to look.
 
 SandboxError
+├── NotACheckout        the source tree given (--source, else the working directory) is not ours
 ├── MissingPackage      a program the sandbox runs is not installed (says which package)
+├── KubeBinariesMissing the cached etcd/kube-apiserver/kube-controller-manager build is incomplete
 ├── PortInUse           a daemon's port is taken
 ├── DaemonFailed        a daemon exited or did not get ready in time (with its log's tail)
-└── CommandFailed       a command exited non-zero (with its output)
+├── CommandFailed       a command exited non-zero (with its output)
+├── ApiRequestFailed    an admin request of the sandbox to its API server failed
+└── TokenRequestFailed  the API server refused to mint a ServiceAccount's token
 """
 
 from __future__ import annotations
@@ -25,6 +29,19 @@ def _log_tail(path: Path) -> str:
 
 class SandboxError(RuntimeError):
     """Base of everything the sandbox raises."""
+
+
+class NotACheckout(SandboxError):
+    """What the sandbox applies (crds/, config/) and builds with (hack/) comes from a source tree
+    of this project, given by the caller; `root` is not one."""
+
+    def __init__(self, root: Path, missing: Sequence[str]) -> None:
+        self.root = root
+        self.missing = list(missing)
+        super().__init__(
+            f"{root} is not a checkout of rbd-mirror-reconciler (no {', '.join(self.missing)}): "
+            "run from the repository's root or pass --source DIR"
+        )
 
 
 class MissingPackage(SandboxError):
@@ -56,3 +73,35 @@ class CommandFailed(SandboxError):
     def __init__(self, argv: Sequence[str], reason: str) -> None:
         self.argv = list(argv)
         super().__init__(f"`{' '.join(self.argv)}` failed: {reason}")
+
+
+class KubeBinariesMissing(SandboxError):
+    """The cached kube-apiserver/etcd/kube-controller-manager build is absent or incomplete."""
+
+    def __init__(self, bin_dir: Path, missing: Sequence[str], build_script: Path) -> None:
+        self.bin_dir = bin_dir
+        self.missing = list(missing)
+        super().__init__(
+            f"{', '.join(self.missing)} not found in {bin_dir}: run `make kube-bins` "
+            f"(or {build_script}) once; a cold build takes several minutes"
+        )
+
+
+class ApiRequestFailed(SandboxError):
+    """An admin request of the sandbox itself failed; `status` is None when nothing answered."""
+
+    def __init__(self, method: str, api_path: str, status: int | None, detail: str) -> None:
+        self.method = method
+        self.api_path = api_path
+        self.status = status
+        shown = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(f"{method} {api_path}: {shown}: {detail.strip()[:500]}")
+
+
+class TokenRequestFailed(SandboxError):
+    """The API server refused to mint a token for a ServiceAccount."""
+
+    def __init__(self, namespace: str, name: str, reason: str) -> None:
+        self.namespace = namespace
+        self.name = name
+        super().__init__(f"TokenRequest for serviceaccount {namespace}/{name} failed: {reason}")

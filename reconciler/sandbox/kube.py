@@ -1,10 +1,11 @@
 """A real Kubernetes control plane for tests and the demo: etcd, kube-apiserver, controllers.
 
 The binaries are built from Go modules by `hack/build-kube.sh` (`make kube-bins`) and cached
-outside the repository; this module only finds and runs them. Everything the daemons write
+outside the repository; this module only finds them (`KubeBinaries.locate(checkout)` asks the
+script of the caller's checkout where its cache is) and runs them. Everything the daemons write
 (certificates, etcd data, logs, kubeconfigs) lives under one work directory.
 
-    KubeSandbox(workdir).start()
+    KubeSandbox(workdir, KubeBinaries.locate(checkout)).start()
       -> etcd            http://127.0.0.1:<etcd_port>   data in <workdir>/etcd
       -> kube-apiserver  https://127.0.0.1:<port>       --authorization-mode=RBAC
       -> kube-controller-manager                        GC, PV binder, PV/PVC protection
@@ -37,11 +38,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from reconciler.sandbox.errors import CommandFailed, SandboxError
+from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.errors import (
+    ApiRequestFailed,
+    CommandFailed,
+    KubeBinariesMissing,
+    SandboxError,
+    TokenRequestFailed,
+)
 from reconciler.sandbox.process import Daemon, DaemonGroup, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kube.sh"
+BUILD_SCRIPT = "build-kube.sh"
 BIN_DIR_ENV = "RBD_MIRROR_RECONCILER_KUBE_BIN_DIR"
 
 # Controllers the tests rely on: ownerReferences cascade (a mapping owned by a PV goes with
@@ -67,27 +74,6 @@ STOP_GRACE_SECONDS = {"kube-apiserver": 3.0}
 DEFAULT_STOP_GRACE_SECONDS = 10.0
 
 
-class KubeBinariesMissing(SandboxError):
-    """The cached kube-apiserver/etcd/kube-controller-manager build is absent or incomplete."""
-
-    def __init__(self, bin_dir: Path, missing: list[str]) -> None:
-        self.bin_dir = bin_dir
-        self.missing = missing
-        super().__init__(
-            f"{', '.join(missing)} not found in {bin_dir}: run `make kube-bins` "
-            f"(or {BUILD_SCRIPT}) once; a cold build takes several minutes"
-        )
-
-
-class TokenRequestFailed(SandboxError):
-    """The API server refused to mint a token for a ServiceAccount."""
-
-    def __init__(self, namespace: str, name: str, reason: str) -> None:
-        self.namespace = namespace
-        self.name = name
-        super().__init__(f"TokenRequest for serviceaccount {namespace}/{name} failed: {reason}")
-
-
 @dataclass(frozen=True)
 class KubeBinaries:
     etcd: Path
@@ -95,22 +81,24 @@ class KubeBinaries:
     kube_controller_manager: Path
 
     @classmethod
-    def locate(cls) -> KubeBinaries:
-        """The cached build of the pinned version, or $RBD_MIRROR_RECONCILER_KUBE_BIN_DIR."""
+    def locate(cls, checkout: Checkout) -> KubeBinaries:
+        """$RBD_MIRROR_RECONCILER_KUBE_BIN_DIR, else the cached build of the version `checkout`'s
+        hack/build-kube.sh pins."""
+        script = checkout.script(BUILD_SCRIPT)
         override = os.environ.get(BIN_DIR_ENV)
         if override:
             bin_dir = Path(override)
         else:
             try:
                 done = subprocess.run(
-                    ["bash", str(BUILD_SCRIPT), "--print-dir"],
+                    ["bash", str(script), "--print-dir"],
                     capture_output=True,
                     text=True,
                     timeout=30,
                     check=True,
                 )
             except (OSError, subprocess.SubprocessError) as err:
-                raise CommandFailed([str(BUILD_SCRIPT), "--print-dir"], str(err)) from err
+                raise CommandFailed([str(script), "--print-dir"], str(err)) from err
             bin_dir = Path(done.stdout.strip())
         binaries = cls(
             etcd=bin_dir / "etcd",
@@ -123,7 +111,7 @@ class KubeBinaries:
             if not os.access(path, os.X_OK)
         ]
         if missing:
-            raise KubeBinariesMissing(bin_dir, missing)
+            raise KubeBinariesMissing(bin_dir, missing, script)
         return binaries
 
 
@@ -279,9 +267,9 @@ class KubeSandbox:
     had started before raising, so nothing is left running.
     """
 
-    def __init__(self, workdir: Path, binaries: KubeBinaries | None = None) -> None:
+    def __init__(self, workdir: Path, binaries: KubeBinaries) -> None:
         self.workdir = workdir
-        self.binaries = binaries or KubeBinaries.locate()
+        self.binaries = binaries
         self.pki_dir = workdir / "pki"
         self.etcd_data_dir = workdir / "etcd"
         self.log_dir = workdir / "logs"
@@ -602,14 +590,3 @@ class KubeSandbox:
 
 def _stop(daemon: Daemon) -> None:
     daemon.stop(STOP_GRACE_SECONDS.get(daemon.name, DEFAULT_STOP_GRACE_SECONDS))
-
-
-class ApiRequestFailed(SandboxError):
-    """An admin request of the sandbox itself failed; `status` is None when nothing answered."""
-
-    def __init__(self, method: str, api_path: str, status: int | None, detail: str) -> None:
-        self.method = method
-        self.api_path = api_path
-        self.status = status
-        shown = f"HTTP {status}" if status is not None else "no answer"
-        super().__init__(f"{method} {api_path}: {shown}: {detail.strip()[:500]}")

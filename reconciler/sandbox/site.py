@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
+from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import CommandFailed
 from reconciler.sandbox.process import free_port, run
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP = "rbdmirror.csi.ceph.io"
 CRDS = (f"clusteridmappings.{GROUP}", f"volumehandlemappings.{GROUP}")
 SERVICE_ACCOUNT = "rbd-mirror-reconciler"
@@ -36,9 +36,9 @@ def apply(kubeconfig: Path, *manifests: dict[str, Any]) -> str:
     return kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
 
 
-def install_crds(kubeconfig: Path) -> None:
-    """crds/ applied with kustomize, waited for until Established."""
-    kubectl(kubeconfig, "apply", "-k", str(REPO / "crds"))
+def install_crds(kubeconfig: Path, checkout: Checkout) -> None:
+    """`checkout`'s crds/ applied with kustomize, waited for until Established."""
+    kubectl(kubeconfig, "apply", "-k", str(checkout.crds))
     kubectl(
         kubeconfig,
         "wait",
@@ -48,12 +48,14 @@ def install_crds(kubeconfig: Path) -> None:
     )
 
 
-def install_rbac(kubeconfig: Path, namespace: str, work: Path, component: str = "rbac") -> Path:
-    """config/<component> (rbac: the controller's; rbac-csi: the CSI-side resolver's) applied
-    into `namespace` as a deployment would: a copy of the shipped kustomization with its
-    `namespace:` set. Returns the copy, for `kubectl delete -k`."""
+def install_rbac(
+    kubeconfig: Path, checkout: Checkout, namespace: str, work: Path, component: str = "rbac"
+) -> Path:
+    """`checkout`'s config/<component> (rbac: the controller's; rbac-csi: the CSI-side
+    resolver's) applied into `namespace` as a deployment would: a copy of the shipped
+    kustomization with its `namespace:` set. Returns the copy, for `kubectl delete -k`."""
     copy = work / f"{component}-{namespace}"
-    shutil.copytree(REPO / "config" / component, copy, dirs_exist_ok=True)
+    shutil.copytree(checkout.config(component), copy, dirs_exist_ok=True)
     kustomization = copy / "kustomization.yaml"
     config = yaml.safe_load(kustomization.read_text())
     config["namespace"] = namespace

@@ -8,10 +8,17 @@ import pytest
 
 from reconciler.k8s import RateLimitedApiClient, make_api_client
 from reconciler.sandbox.ceph import SitePair, start_pair
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.process import pid_alive
 from tests.e2e.kubectl import install_crds
 from tests.e2e.support import report
+
+
+@pytest.fixture(scope="session")
+def checkout(request: pytest.FixtureRequest) -> Checkout:
+    """The source tree under test (pytest's rootdir): its crds/, config/ and hack/ scripts."""
+    return Checkout.at(request.config.rootpath)
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +37,11 @@ def ceph_pair(
 
 @pytest.fixture(scope="session")
 def kube(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, checkout: Checkout
 ) -> Iterator[KubeSandbox]:
     """Real etcd + kube-apiserver (RBAC) + kube-controller-manager: reconciler.sandbox.kube."""
-    with KubeSandbox(tmp_path_factory.mktemp("kube")) as sandbox:
+    binaries = KubeBinaries.locate(checkout)
+    with KubeSandbox(tmp_path_factory.mktemp("kube"), binaries) as sandbox:
         report(
             request.config,
             f"\nkube sandbox warm start: {sandbox.start_seconds:.1f} s (goal < 15 s)",
@@ -45,9 +53,9 @@ def kube(
 
 
 @pytest.fixture(scope="session")
-def crds(kube: KubeSandbox) -> None:
+def crds(kube: KubeSandbox, checkout: Checkout) -> None:
     """The project's CRDs installed from crds/ with kustomize, and Established."""
-    install_crds(kube)
+    install_crds(kube, checkout)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.kube import KubeSandbox
-from reconciler.sandbox.site import CRDS, REPO
+from reconciler.sandbox.site import CRDS
 
 
 def kubectl(
@@ -34,9 +35,9 @@ def apply(kube: KubeSandbox, *manifests: dict[str, Any]) -> subprocess.Completed
     return kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests), check=False)
 
 
-def install_crds(kube: KubeSandbox) -> None:
+def install_crds(kube: KubeSandbox, checkout: Checkout) -> None:
     """crds/ applied with kustomize and waited for until Established."""
-    kubectl(kube, "apply", "-k", str(REPO / "crds"))
+    kubectl(kube, "apply", "-k", str(checkout.crds))
     kubectl(
         kube, "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in CRDS)
     )

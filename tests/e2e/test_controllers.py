@@ -25,7 +25,9 @@ from reconciler.kinds import RETRY_ANNOTATION, volume_handle_selector
 from reconciler.sandbox import cephcsi, site
 from reconciler.sandbox.ceph import CSI_USER, SitePair
 from reconciler.sandbox.cephcsi import Provisioned
-from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
+from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.errors import ApiRequestFailed
+from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import poll_until
 from reconciler.sandbox.prometheus import Prometheus
 from reconciler.sandbox.site import GROUP
@@ -42,7 +44,6 @@ CSI_CONFIG = "ceph-csi-config"
 MAPPING_KEY = "cluster-mapping.json"
 API = f"/apis/{GROUP}/v1alpha1"
 CONVERGE = 90.0
-ALERT_RULES = Path(__file__).parents[2] / "config" / "prometheus" / "alerts.yaml"
 
 
 def controller_process(kubeconfig: Path, work: Path) -> site.ControllerProcess:
@@ -156,7 +157,11 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(
-    ceph_pair: SitePair, kube: KubeSandbox, crds: None, tmp_path_factory: pytest.TempPathFactory
+    ceph_pair: SitePair,
+    kube: KubeSandbox,
+    crds: None,
+    checkout: Checkout,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     """site-b after a failover: volumes mirrored and promoted, ceph-csi's Secret and config in
     place, the RBAC applied and the controller running as its ServiceAccount."""
@@ -168,7 +173,7 @@ def world(
     }
     # ctl-not-primary is mirrored but left secondary by the test that needs it.
     cephcsi.fail_over(ceph_pair, [v for n, v in volumes.items() if n != "ctl-not-primary"])
-    overlay = site.install_rbac(kube.kubeconfig, NAMESPACE, work)
+    overlay = site.install_rbac(kube.kubeconfig, checkout, NAMESPACE, work)
     key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
     site.apply(
         kube.kubeconfig,
@@ -662,13 +667,14 @@ def ready_mappings(kube: KubeSandbox) -> int:
 
 
 def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
-    failed_over: World, tmp_path: Path
+    failed_over: World, checkout: Checkout, tmp_path: Path
 ) -> None:
     world = failed_over
     stuck = pv_variant(world.volumes["ctl-prom"], "ctl-prom", secret="prom-credentials")
     world.apply_pvs(stuck)
     wait_for_reason(world.kube, world.controller, "ctl-prom", "SecretNotFound")
-    with Prometheus.start(tmp_path, [world.controller.health_address], [ALERT_RULES]) as prom:
+    alert_rules = checkout.config("prometheus", "alerts.yaml")
+    with Prometheus.start(tmp_path, [world.controller.health_address], [alert_rules]) as prom:
         # The runtime's series and the product's, from the leader's /metrics.
         assert (
             wait_until(

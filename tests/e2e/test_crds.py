@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.kube import KubeSandbox
-from reconciler.sandbox.site import CRDS, GROUP, REPO
+from reconciler.sandbox.site import CRDS, GROUP
 from tests.e2e.kubectl import apply, kubectl
 
 pytestmark = pytest.mark.e2e
@@ -207,8 +208,10 @@ def test_kubectl_get_shows_the_columns_an_admin_needs(kube: KubeSandbox, crds: N
     kubectl(kube, "delete", "cidm", "columns")
 
 
-def test_config_default_renders_and_rbac_applies(kube: KubeSandbox, crds: None) -> None:
-    rendered = kubectl(kube, "kustomize", str(REPO / "config" / "default")).stdout
+def test_config_default_renders_and_rbac_applies(
+    kube: KubeSandbox, crds: None, checkout: Checkout
+) -> None:
+    rendered = kubectl(kube, "kustomize", str(checkout.config("default"))).stdout
     kinds = [
         line.split(":", 1)[1].strip() for line in rendered.splitlines() if line.startswith("kind:")
     ]
@@ -226,4 +229,4 @@ def test_config_default_renders_and_rbac_applies(kube: KubeSandbox, crds: None) 
     )
     # Server-side dry run: the API server validates every object, the RBAC ones included.
     kubectl(kube, "create", "namespace", "ceph-csi", check=False)
-    kubectl(kube, "apply", "--dry-run=server", "-k", str(REPO / "config" / "default"))
+    kubectl(kube, "apply", "--dry-run=server", "-k", str(checkout.config("default")))

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.sandbox.checkout import Checkout
+
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_fails_over_and_converges(tmp_path: Path) -> None:
+def test_demo_fails_over_and_converges(tmp_path: Path, checkout: Checkout) -> None:
+    demo = ["sandbox", "demo", "--dir", str(tmp_path / "demo"), "--source", str(checkout.root)]
     done = subprocess.run(
-        [sys.executable, "-m", "reconciler", "sandbox", "demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "reconciler", *demo],
         capture_output=True,
         text=True,
         timeout=600,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import DaemonFailed, MissingPackage
 from reconciler.sandbox.process import pid_alive
 from reconciler.sandbox.prometheus import DEFAULT_JOB, Prometheus
@@ -16,7 +17,6 @@ from tests.e2e.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
-ALERT_RULES = Path(__file__).resolve().parents[2] / "config" / "prometheus" / "alerts.yaml"
 ALERTS = {
     "RBDMirrorVolumesNotRemapped",
     "RBDMirrorVolumeHandleMappingFailing",
@@ -52,8 +52,11 @@ def metrics_target() -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def test_rules_load_and_match_scraped_data(tmp_path: Path, metrics_target: str) -> None:
-    with Prometheus.start(tmp_path / "prometheus", [metrics_target], [ALERT_RULES]) as prom:
+def test_rules_load_and_match_scraped_data(
+    tmp_path: Path, metrics_target: str, checkout: Checkout
+) -> None:
+    alert_rules = checkout.config("prometheus", "alerts.yaml")
+    with Prometheus.start(tmp_path / "prometheus", [metrics_target], [alert_rules]) as prom:
 
         def all_rules_evaluated() -> list[dict[str, Any]] | None:
             rules = prom.rules()

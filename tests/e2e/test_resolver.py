@@ -34,7 +34,9 @@ from reconciler.k8s.conditions import condition, merge_conditions
 from reconciler.kinds import API_VERSION, CLUSTER_ID_MAPPINGS, FIELD_MANAGER, VOLUME_HANDLE_MAPPINGS
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import SitePair, start_pair
-from reconciler.sandbox.kube import ApiRequestFailed, KubeSandbox
+from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.errors import ApiRequestFailed
+from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import free_port
 from tests.e2e.support import report, wait_until
 
@@ -379,9 +381,9 @@ def test_the_sync_facade_resolves_from_any_thread(kube: KubeSandbox, world: Worl
 
 @pytest.mark.parametrize("service_account", ["rbd-csi-provisioner", "rbd-csi-nodeplugin"])
 def test_ceph_csi_service_accounts_resolve_with_config_rbac_csi_and_nothing_more(
-    kube: KubeSandbox, world: World, tmp_path: Path, service_account: str
+    kube: KubeSandbox, world: World, checkout: Checkout, tmp_path: Path, service_account: str
 ) -> None:
-    copy = site.install_rbac(kube.kubeconfig, world.namespace, tmp_path, "rbac-csi")
+    copy = site.install_rbac(kube.kubeconfig, checkout, world.namespace, tmp_path, "rbac-csi")
     try:
         kubeconfig = kube.service_account_kubeconfig(world.namespace, service_account)
         local = unique("here")

@@ -323,7 +323,6 @@ async def test_429_from_the_api_server_is_waited_out(
 
 # leader election across processes -------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE = "stamper-leader"
 STAMP = "example.com/handled-by"
 # Short lease timings keep the hand-over test quick; the algorithm is the same as at 15/10/2.
@@ -354,7 +353,10 @@ EXPECTED_SERIES = [
 class Replica:
     """One controller process of this module's `main`, stopped by its own PID."""
 
-    def __init__(self, identity: str, kubeconfig: Path, namespace: str, log_dir: Path) -> None:
+    def __init__(
+        self, identity: str, kubeconfig: Path, namespace: str, log_dir: Path, *, source: Path
+    ) -> None:
+        """`source`: the tree this module is imported from in the replica (pytest's rootdir)."""
         self.identity = identity
         self.port = free_port()
         self.log_file = log_dir / f"{identity}.log"
@@ -367,7 +369,7 @@ class Replica:
         ]  # fmt: skip
         with self.log_file.open("w") as log:
             self.process = subprocess.Popen(
-                argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, cwd=source, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     async def metrics(self) -> dict[str, float]:
@@ -467,7 +469,9 @@ async def test_two_processes_elect_one_leader_and_hand_over_when_it_dies(
     await grant_stamper_rbac(api, namespace)
     kubeconfig = await asyncio.to_thread(kube.service_account_kubeconfig, namespace, "stamper")
     for identity in ("alpha", "beta"):
-        replicas.append(Replica(identity, kubeconfig, namespace, tmp_path))
+        replicas.append(
+            Replica(identity, kubeconfig, namespace, tmp_path, source=request.config.rootpath)
+        )
     by_identity = {replica.identity: replica for replica in replicas}
 
     leader_id = await eventually_async(
