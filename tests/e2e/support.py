@@ -1,28 +1,8 @@
-"""Helpers for end-to-end tests: deadline polling and reporting figures to the terminal."""
+"""Reporting measured figures from end-to-end tests to the terminal."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
 import pytest
-
-T = TypeVar("T")
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5
-) -> T:
-    """Call `probe` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def report(config: pytest.Config, line: str) -> None:

@@ -23,7 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException as AsyncApiExcepti
 from reconciler.sandbox.errors import DaemonFailed
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.process import pid_alive
-from tests.e2e.support import wait_until
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -151,7 +151,7 @@ def test_crd_schema_rejects_invalid_custom_resource(
         conditions = (crd.status.conditions if crd.status else None) or []
         return any(c.type == "Established" and c.status == "True" for c in conditions)
 
-    wait_until(established, DEADLINE, f"CRD {crd_name} to be Established", interval=0.1)
+    wait_for(established, DEADLINE, f"CRD {crd_name} to be Established", interval=0.1)
 
     custom = kube_client.CustomObjectsApi(admin)
 
@@ -162,7 +162,7 @@ def test_crd_schema_rejects_invalid_custom_resource(
         )
 
     # Discovery of a just-established CRD can lag a moment behind the condition.
-    wait_until(lambda: _succeeds(lambda: create("valid", {"size": 3})), DEADLINE, "a valid Gadget")
+    wait_for(lambda: _succeeds(lambda: create("valid", {"size": 3})), DEADLINE, "a valid Gadget")
     with pytest.raises(ApiException) as rejected:
         create("invalid", {"size": 0})
     assert rejected.value.status == 422
@@ -225,7 +225,7 @@ def test_rbac_is_enforced_for_service_accounts(
                 raise
             return True
 
-        wait_until(allowed, DEADLINE, "the RoleBinding to take effect", interval=0.1)
+        wait_for(allowed, DEADLINE, "the RoleBinding to take effect", interval=0.1)
         # The grant is exactly what was given: other verbs and resources stay forbidden.
         with pytest.raises(ApiException) as still_denied:
             as_service_account.list_namespaced_secret(namespace)
@@ -280,7 +280,7 @@ def test_owner_deletion_cascades_to_dependents(
             raise
         return False
 
-    wait_until(
+    wait_for(
         dependent_gone,
         DEADLINE,
         "the garbage collector to delete the ConfigMap owned by the PV",
@@ -323,7 +323,7 @@ def test_pv_binder_binds_a_pre_bound_claim(admin: kube_client.ApiClient, namespa
         claim = core.read_namespaced_persistent_volume_claim("claim", namespace)
         return claim.status is not None and claim.status.phase == "Bound"
 
-    wait_until(bound, DEADLINE, f"the PV binder to bind claim to {pv_name}", interval=0.2)
+    wait_for(bound, DEADLINE, f"the PV binder to bind claim to {pv_name}", interval=0.2)
 
 
 def test_failed_start_leaves_nothing_running(kube: KubeSandbox, tmp_path: Path) -> None:

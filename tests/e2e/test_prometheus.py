@@ -13,7 +13,7 @@ from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import DaemonFailed, MissingPackage
 from reconciler.sandbox.process import pid_alive
 from reconciler.sandbox.prometheus import DEFAULT_JOB, Prometheus
-from tests.e2e.support import wait_until
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -62,10 +62,10 @@ def test_rules_load_and_match_scraped_data(
             rules = prom.rules()
             return rules if rules and all(r["health"] == "ok" for r in rules) else None
 
-        rules = wait_until(all_rules_evaluated, timeout=30, what="every rule evaluated once")
+        rules = wait_for(all_rules_evaluated, timeout=30, what="every rule evaluated once")
         assert {rule["name"] for rule in rules} == ALERTS
 
-        target = wait_until(
+        target = wait_for(
             lambda: next((t for t in prom.targets() if t["health"] == "up"), None),
             timeout=30,
             what=f"{metrics_target} scraped",
@@ -73,7 +73,7 @@ def test_rules_load_and_match_scraped_data(
         assert target["labels"]["instance"] == metrics_target
         assert target["labels"]["job"] == DEFAULT_JOB
 
-        samples = wait_until(
+        samples = wait_for(
             lambda: prom.query("rbd_mirror_reconciler_oldest_pending_volume_seconds"),
             timeout=30,
             what="the lag gauge in Prometheus",
@@ -90,7 +90,7 @@ def test_rules_load_and_match_scraped_data(
             names = [a["labels"]["alertname"] for a in found]
             return found if names == ["RBDMirrorVolumesNotRemapped"] else None
 
-        alerts = wait_until(only_not_remapped, timeout=30, what="that alert alone pending")
+        alerts = wait_for(only_not_remapped, timeout=30, what="that alert alone pending")
         alert = alerts[0]
         assert alert["state"] == "pending"
         assert alert["labels"]["severity"] == "warning"

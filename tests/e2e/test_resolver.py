@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,8 @@ from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import free_port
-from tests.e2e.support import report, wait_until
+from tests.e2e.support import report
+from tests.support.polling import async_wait_for, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +48,8 @@ POOL = "replicapool"
 #: The issue's bound on how stale the resolver may be after a mapping changes.
 PROPAGATION_SECONDS = 1.0
 SYNC_SECONDS = 30.0
+#: Polled this often, the time to propagate is measured to within a few milliseconds.
+PROPAGATION_POLL = 0.005
 
 
 def handle(cluster_id: str, pool_id: int, object_uuid: str | None = None) -> str:
@@ -203,23 +206,6 @@ async def create_ready_cluster_mapping(
     )
 
 
-# Polling with deadlines ---------------------------------------------------------------------
-
-
-async def within(seconds: float, probe: Callable[[], T | None], what: str) -> tuple[T, float]:
-    """Poll `probe` until it answers; fail naming `what` after `seconds`. Returns the answer and
-    how long it took."""
-    started = time.monotonic()
-    while True:
-        answer = probe()
-        elapsed = time.monotonic() - started
-        if answer:
-            return answer, elapsed
-        if elapsed > seconds:
-            pytest.fail(f"not within {seconds} s: {what}")
-        await asyncio.sleep(0.005)
-
-
 def resolved_as(resolver: Resolver, handle: str, how: str) -> ResolvedVolume | None:
     try:
         found = resolver.resolve_cached(handle)
@@ -231,9 +217,9 @@ def resolved_as(resolver: Resolver, handle: str, how: str) -> ResolvedVolume | N
 async def set_csi_config(world: World, resolver: Resolver, clusters: dict[str, list[str]]) -> None:
     """ceph-csi-config with `clusters`, once the resolver has seen it."""
     world.set_csi_config(clusters)
-    await within(
-        SYNC_SECONDS,
+    await async_wait_for(
         lambda: all(c in resolver.local_clusters.clusters for c in clusters),
+        SYNC_SECONDS,
         "the resolver to see ceph-csi-config",
     )
 
@@ -258,23 +244,26 @@ async def test_a_mapping_resolves_within_a_second_of_ready_and_stops_within_one_
     new = VolumeHandle(local, 5, VolumeHandle.decode(old).object_uuid)
     name = unique("pv")
     await create_handle_mapping(api, name, old)
-    err, _ = await within(
-        SYNC_SECONDS,
+    err = await async_wait_for(
         lambda: (
             (e := not_found(resolver, old))
             and f"VolumeHandleMapping {name} is not reconciled yet" in e.missing
             and e
         ),
+        SYNC_SECONDS,
         "the new mapping, not yet Ready, named in 'not found'",
     )
     assert isinstance(err, VolumeNotFound)
 
     await mark_handle_mapping_ready(api, name, new)
-    found, took = await within(
-        PROPAGATION_SECONDS,
+    marked = time.monotonic()
+    found = await async_wait_for(
         lambda: resolved_as(resolver, old, "mapping"),
+        PROPAGATION_SECONDS,
         "the Ready mapping to resolve",
+        interval=PROPAGATION_POLL,
     )
+    took = time.monotonic() - marked
     assert found == ResolvedVolume(
         volume_handle=new.encode(),
         how="mapping",
@@ -292,9 +281,14 @@ async def test_a_mapping_resolves_within_a_second_of_ready_and_stops_within_one_
     report(request.config, f"\nresolver: Ready mapping resolved in {took * 1000:.0f} ms")
 
     await delete(api, VOLUME_HANDLE_MAPPINGS, name)
-    _, took = await within(
-        PROPAGATION_SECONDS, lambda: not_found(resolver, old), "the deleted mapping to stop"
+    deleted = time.monotonic()
+    await async_wait_for(
+        lambda: not_found(resolver, old),
+        PROPAGATION_SECONDS,
+        "the deleted mapping to stop",
+        interval=PROPAGATION_POLL,
     )
+    took = time.monotonic() - deleted
     report(request.config, f"resolver: deleted mapping gone in {took * 1000:.0f} ms")
 
 
@@ -306,9 +300,9 @@ async def test_a_cluster_mapping_alone_resolves_and_says_so(
     old = handle(remote, 2)
     name = unique("cidm")
     await create_ready_cluster_mapping(api, name, remote, local, remote_pool=2, local_pool=7)
-    found, _ = await within(
-        SYNC_SECONDS,
+    found = await async_wait_for(
         lambda: resolved_as(resolver, old, "cluster-mapping"),
+        SYNC_SECONDS,
         "the ClusterIDMapping to resolve the handle",
     )
     expected = VolumeHandle(local, 7, VolumeHandle.decode(old).object_uuid)
@@ -403,7 +397,7 @@ def test_ceph_csi_service_accounts_resolve_with_config_rbac_csi_and_nothing_more
                 except VolumeNotFound:
                     return False
 
-            wait_until(resolves_later, 10, f"the resolver to see {later} through its watch")
+            wait_for(resolves_later, 10, f"the resolver to see {later} through its watch")
 
         def can(*request: str) -> str:
             answer = subprocess.run(
@@ -499,8 +493,8 @@ async def test_resolving_needs_no_ceph_so_a_dead_site_a_changes_nothing(
         async with Resolver(api, csi_config_namespace=world.namespace) as resolver:
             await asyncio.wait_for(resolver.wait_synced(), SYNC_SECONDS)
             for old, how in ((mapped, "mapping"), (by_cluster, "cluster-mapping")):
-                found, _ = await within(
-                    SYNC_SECONDS, functools.partial(resolved_as, resolver, old, how), how
+                found = await async_wait_for(
+                    functools.partial(resolved_as, resolver, old, how), SYNC_SECONDS, how
                 )
                 assert (found.cluster_id, found.pool_id) == (local, b_pool)
                 assert found.monitors == tuple(monitors)

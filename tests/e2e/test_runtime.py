@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,32 +39,12 @@ from reconciler.k8s.tasks import cancel_and_wait
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import free_port
 from tests.e2e.support import report
+from tests.support.polling import async_wait_for
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
-
-
-async def eventually_async(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    """Await `probe()` until it answers something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    pytest.fail(f"timed out after {within:.0f} s waiting for {what} (last: {last!r})")
-
-
-async def eventually(probe: Callable[[], T | None], within: float, what: str) -> T:
-    """`eventually_async` for a plain function."""
-
-    async def ask() -> T | None:
-        return probe()
-
-    return await eventually_async(ask, within, what)
 
 
 @pytest.fixture
@@ -131,7 +111,9 @@ async def test_informer_sees_creates_updates_and_deletes(
         (EventType.MODIFIED, f"{namespace}/a"),
         (EventType.DELETED, f"{namespace}/before"),
     ]
-    await eventually(lambda: events == expected, 30, f"events {expected}, got {events}")
+    await async_wait_for(
+        lambda: events == expected, 30, f"events {expected}, got {events}", interval=0.05
+    )
     assert informer.store.keys() == [f"{namespace}/a"]
     assert [o["metadata"]["name"] for o in informer.store.by_index("v", "2")] == ["a"]
     assert informer.store.by_index("v", "1") == []
@@ -163,7 +145,7 @@ async def test_informer_relists_after_apiserver_restart_and_loses_no_change(
     await core.delete_namespaced_config_map("gone", namespace)
 
     expected = {f"{namespace}/keep": "1", f"{namespace}/new": "0"}
-    await eventually(
+    await async_wait_for(
         lambda: (
             {
                 o["metadata"]["namespace"] + "/" + o["metadata"]["name"]: o["data"]["v"]
@@ -173,6 +155,7 @@ async def test_informer_relists_after_apiserver_restart_and_loses_no_change(
         ),
         60,
         "the informer's cache to match the server after the restart",
+        interval=0.05,
     )
     assert informer.stats.expired >= 1, informer.stats
     assert informer.stats.lists >= 2, informer.stats
@@ -198,10 +181,17 @@ async def test_informer_reopens_a_silent_watch(
     )
     running.start(informer.run())
     await asyncio.wait_for(informer.wait_synced(), 30)
-    await eventually(lambda: informer.stats.inactivity_restarts >= 2, 30, "two inactivity restarts")
+    await async_wait_for(
+        lambda: informer.stats.inactivity_restarts >= 2,
+        30,
+        "two inactivity restarts",
+        interval=0.05,
+    )
     # The re-opened watch still delivers.
     await core.create_namespaced_config_map(namespace, config_map("late", v="0"))
-    await eventually(lambda: f"{namespace}/late" in informer.store, 30, "the late ConfigMap")
+    await async_wait_for(
+        lambda: f"{namespace}/late" in informer.store, 30, "the late ConfigMap", interval=0.05
+    )
     assert informer.stats.lists == 1
     assert informer.stats.failures == 0
 
@@ -311,7 +301,7 @@ async def test_429_from_the_api_server_is_waited_out(
             assert all(e.status == 429 for e in errors), errors
             return errors
 
-        await eventually_async(rejected, 60, "the API server to answer 429 to a burst")
+        await async_wait_for(rejected, 60, "the API server to answer 429 to a burst", interval=0.05)
         answers = await burst(patient)
     finally:
         await impatient.close()
@@ -474,51 +464,69 @@ async def test_two_processes_elect_one_leader_and_hand_over_when_it_dies(
         )
     by_identity = {replica.identity: replica for replica in replicas}
 
-    leader_id = await eventually_async(
-        lambda: lease_holder(api, namespace), 60, "one replica to take the lease"
+    leader_id = await async_wait_for(
+        lambda: lease_holder(api, namespace), 60, "one replica to take the lease", interval=0.05
     )
     leader = by_identity[leader_id]
     follower = next(replica for replica in replicas if replica is not leader)
     status = f'leader_election_master_status{{name="{LEASE}"}}'
-    leader_metrics = await eventually_async(
-        lambda: _with_value(leader.metrics(), status, 1.0), 30, "the leader's master status 1"
+    leader_metrics = await async_wait_for(
+        lambda: _with_value(leader.metrics(), status, 1.0),
+        30,
+        "the leader's master status 1",
+        interval=0.05,
     )
-    follower_metrics = await eventually_async(follower.metrics, 30, "the follower's /metrics")
+    follower_metrics = await async_wait_for(
+        follower.metrics, 30, "the follower's /metrics", interval=0.05
+    )
     assert follower_metrics[status] == 0.0
     # The follower keeps its cache warm: it is ready, just not leading.
-    await eventually_async(
-        lambda: _equals(follower.readyz(), 200), 30, "the follower's /readyz to answer 200"
+    await async_wait_for(
+        lambda: _equals(follower.readyz(), 200),
+        30,
+        "the follower's /readyz to answer 200",
+        interval=0.05,
     )
     missing = [series for series in EXPECTED_SERIES if series not in leader_metrics]
     assert missing == [], f"not on /metrics: {missing}"
 
     # Only the leader reconciles.
     await core.create_namespaced_config_map(namespace, config_map("one"))
-    await eventually_async(
-        lambda: _equals(stamp_of(core, namespace, "one"), leader_id), 30, "the leader's stamp"
+    await async_wait_for(
+        lambda: _equals(stamp_of(core, namespace, "one"), leader_id),
+        30,
+        "the leader's stamp",
+        interval=0.05,
     )
 
     # The leader dies without releasing: the follower takes over once the lease expires.
     killed_at = time.monotonic()
     leader.process.kill()
     bound = LEASE_DURATION + 2 * RETRY_PERIOD * 1.2 + 2.0
-    await eventually_async(
-        lambda: _equals(lease_holder(api, namespace), follower.identity), bound, "hand-over"
+    await async_wait_for(
+        lambda: _equals(lease_holder(api, namespace), follower.identity),
+        bound,
+        "hand-over",
+        interval=0.05,
     )
     hand_over = time.monotonic() - killed_at
     report(request.config, f"\nleader hand-over after SIGKILL: {hand_over:.1f} s "
            f"(lease {LEASE_DURATION:.0f} s, retry {RETRY_PERIOD:.0f} s)")  # fmt: skip
     await core.create_namespaced_config_map(namespace, config_map("two"))
-    await eventually_async(
+    await async_wait_for(
         lambda: _equals(stamp_of(core, namespace, "two"), follower.identity),
         30,
         "the new leader's stamp",
+        interval=0.05,
     )
 
     # A clean stop releases the lease and exits 0 within the shutdown bound.
     follower.process.send_signal(signal.SIGTERM)
-    await eventually(
-        lambda: follower.process.poll() is not None, SHUTDOWN_TIMEOUT + 10, "a clean exit"
+    await async_wait_for(
+        lambda: follower.process.poll() is not None,
+        SHUTDOWN_TIMEOUT + 10,
+        "a clean exit",
+        interval=0.05,
     )
     assert follower.process.returncode == 0, follower.log_file.read_text()[-3000:]
     assert await lease_holder(api, namespace) == ""

@@ -15,14 +15,7 @@ from reconciler.k8s.controller import Controller, ControllerSettings, Reconcile,
 from reconciler.k8s.errors import TerminalError
 from reconciler.k8s.metrics import RuntimeMetrics
 from reconciler.k8s.ratelimit import ItemExponentialBackoff
-
-
-async def until(probe: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.005)
+from tests.support.polling import async_wait_for
 
 
 class Harness:
@@ -95,7 +88,11 @@ async def test_errors_retry_with_backoff_until_success(make: Callable[..., Harne
     h = make(reconcile)
     h.start()
     h.controller.queue.add("a")
-    await until(lambda: h.value("controller_runtime_reconcile_total", result="success") == 1)
+    await async_wait_for(
+        lambda: h.value("controller_runtime_reconcile_total", result="success") == 1,
+        5,
+        "one successful reconcile",
+    )
     assert calls["a"] == 4
     assert h.value("controller_runtime_reconcile_errors_total") == 3
     assert h.value("controller_runtime_reconcile_total", result="error") == 3
@@ -113,11 +110,19 @@ async def test_terminal_error_is_counted_and_not_retried(make: Callable[..., Har
     h = make(reconcile)
     h.start()
     h.controller.queue.add("bad")
-    await until(lambda: h.value("controller_runtime_terminal_reconcile_errors_total") == 1)
+    await async_wait_for(
+        lambda: h.value("controller_runtime_terminal_reconcile_errors_total") == 1,
+        5,
+        "one terminal error counted",
+    )
     # Give a retry every chance to happen (backoff here is at most 10 ms): none does.
     h.controller.queue.add("other")
-    await until(lambda: calls["other"] == 1)
-    await until(lambda: h.controller.queue.next_ready_in() is None and len(h.controller.queue) == 0)
+    await async_wait_for(lambda: calls["other"] == 1, 5, "the other key reconciled once")
+    await async_wait_for(
+        lambda: h.controller.queue.next_ready_in() is None and len(h.controller.queue) == 0,
+        5,
+        "an empty queue with nothing parked",
+    )
     assert calls["bad"] == 1
     assert h.value("controller_runtime_reconcile_errors_total") == 2
     assert h.controller.queue.num_requeues("bad") == 0
@@ -133,7 +138,7 @@ async def test_requeue_after_brings_the_key_back_later(make: Callable[..., Harne
     h = make(reconcile)
     h.start()
     h.controller.queue.add("a")
-    await until(lambda: len(seen) == 2)
+    await async_wait_for(lambda: len(seen) == 2, 5, "two reconciles")
     assert seen[1] - seen[0] >= 0.2
     assert h.value("controller_runtime_reconcile_total", result="requeue_after") == 1
     assert h.value("controller_runtime_reconcile_total", result="success") == 1
@@ -162,11 +167,11 @@ async def test_workers_run_concurrently_but_never_on_one_key(
     h.start()
     for key in ("a", "b", "c", "d", "e"):
         h.controller.queue.add(key)
-    await until(lambda: len(running) == 4)
+    await async_wait_for(lambda: len(running) == 4, 5, "four reconciles running at once")
     assert h.value("controller_runtime_active_workers") == 4
     h.controller.queue.add("a")  # while "a" is in flight
     release.set()
-    await until(lambda: sum(done.values()) == 6)
+    await async_wait_for(lambda: sum(done.values()) == 6, 5, "six reconciles done")
     assert peak == 4
     assert overlap == []
     assert done["a"] == 2

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
-from collections.abc import AsyncIterator, Callable
-
-import pytest
+from collections.abc import AsyncIterator
 
 from reconciler.k8s.informer import (
     Event,
@@ -22,18 +19,11 @@ from reconciler.k8s.informer import (
 )
 from reconciler.k8s.store import KubeObject
 from reconciler.k8s.tasks import cancel_and_wait
+from tests.support.polling import async_wait_for
 from tests.unit.listwatch_server import ListWatchServer, config_map, serving
 
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 EXPIRED = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
-
-
-async def until(probe: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -57,7 +47,7 @@ async def test_list_is_paginated_then_watched_from_the_lists_version() -> None:
     server.list_page([config_map("c", "3")], rv="7")
     async with informing(server, WatchSettings(page_size=2)) as (informer, events):
         await asyncio.wait_for(informer.wait_synced(), 10)
-        await until(lambda: len(server.watch_queries) == 1)
+        await async_wait_for(lambda: len(server.watch_queries) == 1, 10, "the first watch")
     assert [query.get("limit") for query in server.list_queries] == ["2", "2"]
     assert "continue" not in server.list_queries[0]
     assert server.list_queries[1]["continue"] == "p2"
@@ -81,7 +71,7 @@ async def test_watch_resumes_from_the_last_version_seen() -> None:
         hold_open=False,
     )
     async with informing(server) as (informer, events):
-        await until(lambda: len(server.watch_queries) == 2)
+        await async_wait_for(lambda: len(server.watch_queries) == 2, 10, "a second watch")
         assert informer.stats.bookmarks == 1
     assert server.watch_queries[1]["resourceVersion"] == "9"
     assert [(e.type, e.key) for e in events] == [(EventType.ADDED, "ns/a")]
@@ -95,8 +85,8 @@ async def test_410_relists_and_turns_the_difference_into_events() -> None:
     # Meanwhile: "a" vanished, "b" changed, "c" appeared.
     server.list_page([config_map("b", "4"), config_map("c", "5")], rv="6")
     async with informing(server) as (informer, events):
-        await until(lambda: len(events) == 5)
-        await until(lambda: len(server.watch_queries) == 2)
+        await async_wait_for(lambda: len(events) == 5, 10, "five events")
+        await async_wait_for(lambda: len(server.watch_queries) == 2, 10, "a second watch")
         assert informer.stats.expired == 1
     assert [(e.type, e.key) for e in events[2:]] == [
         (EventType.DELETED, "ns/a"),
@@ -123,7 +113,7 @@ async def test_transform_applies_to_listed_and_watched_objects_before_handlers()
         informer.add_handler(events.append)
         task = asyncio.create_task(informer.run())
         try:
-            await until(lambda: len(events) == 2)
+            await async_wait_for(lambda: len(events) == 2, 10, "two events")
         finally:
             await cancel_and_wait(task)
     assert [e.obj["keep"] for e in events] == ["x", "z"]
@@ -152,7 +142,7 @@ async def test_repeated_expiry_backs_off_instead_of_spinning() -> None:
         server.watch(EXPIRED, hold_open=False)
     settings = WatchSettings(backoff_initial=0.1, backoff_cap=0.1)
     async with informing(server, settings):
-        await until(lambda: len(server.list_times) >= 5)
+        await async_wait_for(lambda: len(server.list_times) >= 5, 10, "five lists")
     # The first relist is immediate; while every fresh version expires too, each waits.
     assert all(gap >= 0.1 * 0.95 for gap in gaps(server.list_times)[1:]), server.list_times
 
@@ -164,7 +154,7 @@ async def test_watches_that_end_at_once_back_off() -> None:
         server.watch(hold_open=False)
     settings = WatchSettings(backoff_initial=0.1, backoff_cap=0.1)
     async with informing(server, settings) as (informer, _):
-        await until(lambda: len(server.watch_times) >= 5)
+        await async_wait_for(lambda: len(server.watch_times) >= 5, 10, "five watches")
         assert informer.stats.failures >= 4
     assert all(gap >= 0.1 * 0.95 for gap in gaps(server.watch_times)), server.watch_times
     assert len(server.list_times) == 1  # a closed watch resumes; only 410 relists

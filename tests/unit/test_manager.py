@@ -5,8 +5,6 @@ dies by a bug stops the manager instead of leaving a stale cache."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -15,17 +13,10 @@ from reconciler.k8s.controller import Result
 from reconciler.k8s.informer import Resource
 from reconciler.k8s.manager import Manager, ManagerSettings
 from reconciler.k8s.server import ServerSettings
+from tests.support.polling import async_wait_for
 from tests.unit.listwatch_server import ListWatchServer, config_map, serving
 
 CONFIG_MAPS = Resource("", "v1", "configmaps")
-
-
-async def until(probe: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.01)
 
 
 async def test_manager_runs_controllers_on_listed_and_watched_objects_then_stops() -> None:
@@ -48,7 +39,11 @@ async def test_manager_runs_controllers_on_listed_and_watched_objects_then_stops
         stop = asyncio.Event()
         running = asyncio.create_task(manager.run(stop, handle_signals=False))
         try:
-            await until(lambda: sorted(reconciled) == ["ns/a", "ns/b", "ns/c"])
+            await async_wait_for(
+                lambda: sorted(reconciled) == ["ns/a", "ns/b", "ns/c"],
+                10,
+                "ns/a, ns/b and ns/c reconciled",
+            )
             assert informer.last_resource_version == "12"
             async with (
                 aiohttp.ClientSession() as http,

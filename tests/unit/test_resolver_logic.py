@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
@@ -31,6 +30,7 @@ from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
 from reconciler.k8s import Informer, KubeObject, Store
 from reconciler.kinds import VOLUME_HANDLE_MAPPINGS
+from tests.support.polling import async_wait_for
 from tests.unit.listwatch_server import ListWatchServer, serving
 
 UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
@@ -278,10 +278,9 @@ async def test_the_informer_stores_mappings_trimmed_and_indexed_through_changes(
         )
         task = asyncio.create_task(informer.run())
         try:
-            deadline = time.monotonic() + 10
-            while informer.last_resource_version != "8":
-                assert time.monotonic() < deadline, "the MODIFIED event never arrived"
-                await asyncio.sleep(0.01)
+            await async_wait_for(
+                lambda: informer.last_resource_version == "8", 10, "the MODIFIED event"
+            )
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -298,9 +297,8 @@ async def test_a_dead_informer_makes_the_resolver_unavailable_not_stale() -> Non
     server.watch({"type": "ADDED", "object": {"kind": "Broken"}})
     async with serving(server) as api, Resolver(api, csi_config_namespace="ns") as resolver:
         await asyncio.wait_for(resolver.wait_synced(), 10)
-        deadline = time.monotonic() + 10
-        while resolver.has_synced():
-            assert time.monotonic() < deadline, "the broken watch event never arrived"
-            await asyncio.sleep(0.01)
+        await async_wait_for(
+            lambda: not resolver.has_synced(), 10, "the broken watch event to end the informer"
+        )
         with pytest.raises(ResolverUnavailable, match="its watch ended"):
             await resolver.resolve(OLD)
