@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -171,6 +172,22 @@ class CSIClient:
 
     def delete_volume(self, volume_id: str, secrets: Mapping[str, str]) -> None:
         self._call("Controller/DeleteVolume", secrets, volume_id=volume_id)
+
+    def delete_volume_as_provisioner(
+        self, volume_id: str, secrets: Mapping[str, str], timeout: float = 60
+    ) -> None:
+        """DeleteVolume, retried as the external-provisioner retries it. Right after
+        DeleteSnapshot ceph-csi answers INTERNAL "... is still being used": the mgr's
+        trash-remove task for the snapshot's clone briefly watches the parent image."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.delete_volume(volume_id, secrets)
+                return
+            except CSIError as err:
+                if "still being used" not in err.details or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.5)
 
     def expand_volume(self, volume_id: str, size_bytes: int, secrets: Mapping[str, str]) -> int:
         """ControllerExpandVolume; returns the capacity ceph-csi reports."""

@@ -1,29 +1,42 @@
 """`make demo`: a real failover on a local Ceph pair and API server, repaired by the controller.
 
-Every step runs real daemons: ceph-csi's provisioning is replayed on site-a, the real rbd-mirror
-daemon replicates the images, site-b is promoted and site-a is stopped; then, on site-b's
+Every step runs real daemons: volumes are provisioned on site-a as ceph-csi leaves them, the real
+rbd-mirror daemon replicates the images, site-b is promoted and site-a is stopped; then, on site-b's
 Kubernetes (a real kube-apiserver), the admin applies the static PVs with their old handles and a
 ClusterIDMapping, and `rbd-mirror-reconciler run`, under its own ServiceAccount and RBAC, rebuilds
 ceph-csi's journal on site-b and records a VolumeHandleMapping per PV.
+
+The demo provisions with the product's own journal code: regenerating a volume's journal on the
+site it was created on writes exactly what ceph-csi's CreateVolume writes. (The tests replay
+ceph-csi with code of their own instead, tests/support/csi_replay.py, so that a bug the product
+and its tests shared could not hide.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.cephconn import ConnectionPool, Credentials
 from reconciler.controllers.metrics import PREFIX as METRICS_PREFIX
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
-from reconciler.sandbox import cephcsi, site
-from reconciler.sandbox.ceph import CSI_USER, SitePair, start_pair
+from reconciler.handle import VolumeHandle
+from reconciler.regenerate import LocalCluster, regenerate
+from reconciler.sandbox import site
+from reconciler.sandbox.ceph import CSI_USER, CephCluster, SitePair, start_pair
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import SandboxError
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.process import poll_until, run
+from reconciler.volume import CSIVolume
 
 SITE_A_ID = "site-a"
 SITE_B_ID = "site-b"
@@ -35,6 +48,74 @@ CONVERGE_SECONDS = 120
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume as ceph-csi provisioned it on site-a, and its PV."""
+
+    pv_name: str
+    handle: str
+    image_name: str
+    pool: str
+    cluster_id: str
+    namespace: str
+
+    def pv(self) -> dict[str, Any]:
+        return site.static_pv(
+            self.pv_name,
+            self.handle,
+            cluster_id=self.cluster_id,
+            pool=self.pool,
+            image_name=self.image_name,
+            claim=(f"claim-{self.pv_name}", self.namespace),
+        )
+
+
+def provision(
+    ceph: CephCluster, cluster_id: str, pool: str, names: Sequence[str], namespace: str = "apps"
+) -> list[Volume]:
+    """What ceph-csi's CreateVolume leaves on `ceph` for each PV name: an image `csi-vol-<uuid>`,
+    its journal (written by `regenerate`, as ceph-csi's user) and the handle naming both."""
+    pool_id = ceph.pool_id(pool)
+    volumes = []
+    for name in names:
+        object_uuid = str(uuid.uuid4())
+        volume = Volume(
+            pv_name=name,
+            handle=VolumeHandle(cluster_id, pool_id, object_uuid).encode(),
+            image_name=f"csi-vol-{object_uuid}",
+            pool=pool,
+            cluster_id=cluster_id,
+            namespace=namespace,
+        )
+        ceph.rbd(
+            "create", "--size", "16M", "--image-feature", "layering,exclusive-lock",
+            f"{pool}/{volume.image_name}",
+        )  # fmt: skip
+        volumes.append(volume)
+    asyncio.run(_write_journals(ceph, cluster_id, volumes))
+    return volumes
+
+
+async def _write_journals(ceph: CephCluster, cluster_id: str, volumes: list[Volume]) -> None:
+    connections = ConnectionPool()
+    try:
+        key = (ceph.dir / f"{CSI_USER}.key").read_text().strip()
+        connection = await connections.get(ceph.monitors, Credentials(CSI_USER, key))
+        for volume in volumes:
+            result = await regenerate(
+                connection, CSIVolume.from_pv(volume.pv()), LocalCluster(cluster_id)
+            )
+            if result.new_handle != volume.handle:
+                raise SandboxError(f"{volume.pv_name}: provisioned as {result.new_handle}")
+    finally:
+        await connections.close()
+
+
+def journal_objects(ceph: CephCluster, pool: str) -> list[str]:
+    """ceph-csi's journal objects in `pool`: the directory and one object per volume."""
+    return [name for name in ceph.rados(pool, "ls").split() if name.startswith("csi.volume")]
 
 
 def run_demo(checkout: Checkout, base_dir: Path | None = None) -> int:
@@ -63,16 +144,15 @@ def _failover(
     print(f"   pool {pool!r}: ID {id_a} on site-a, ID {id_b} on site-b (they differ, as in DR)")
 
     step(f"ceph-csi provisions {VOLUMES} volumes on site-a")
-    volumes = [
-        cephcsi.provision(pair.site_a, SITE_A_ID, pool, f"pvc-demo-{i}") for i in range(VOLUMES)
-    ]
+    names = [f"pvc-demo-{i}" for i in range(VOLUMES)]
+    volumes = provision(pair.site_a, SITE_A_ID, pool, names)
     for v in volumes:
         print(f"   {v.pv_name}: {v.handle}")
 
     step("rbd-mirror replicates the images to site-b; site-b is promoted (up to a minute)")
-    cephcsi.fail_over(pair, volumes)
-    journal_objects = cephcsi.objects(pair.site_b, pool, "csi.volume")
-    print(f"   ceph-csi journal objects on site-b: {len(journal_objects)} (OMAP is not mirrored)")
+    pair.fail_over([v.image_name for v in volumes])
+    copied = len(journal_objects(pair.site_b, pool))
+    print(f"   ceph-csi journal objects on site-b: {copied} (OMAP is not mirrored)")
 
     step("Disaster: site-a goes dark (all its daemons stopped)")
     pair.site_a.stop()
@@ -130,7 +210,7 @@ def _converge(
     pair: SitePair,
     kube: KubeSandbox,
     controller: site.ControllerProcess,
-    volumes: list[cephcsi.Provisioned],
+    volumes: list[Volume],
     began: float,
 ) -> int:
     cfg = kube.kubeconfig
@@ -176,20 +256,21 @@ def _converge(
         )
     )
 
-    step(f"site-b's journal for {sample.pv_name}, as ceph-csi reads it")
-    directory = cephcsi.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
-    per_volume = cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{sample.object_uuid}") or {}
+    step(f"site-b's journal for {sample.pv_name}, as ceph-csi reads it: `journal show`")
+    new_handle = site.kubectl(
+        cfg, "get", "volumehandlemapping", sample.pv_name,
+        "-o", "jsonpath={.status.newVolumeHandle}",
+    )  # fmt: skip
     print(
-        json.dumps(
-            {
-                "csi.volumes.default": {
-                    k: v.decode() for k, v in directory.items() if k.endswith(sample.pv_name)
-                },
-                f"csi.volume.{sample.object_uuid}": {k: v.decode() for k, v in per_volume.items()},
-            },
-            indent=2,
+        run(
+            [
+                sys.executable, "-m", "reconciler", "journal", "show", new_handle,
+                "--monitors", pair.site_b.monitors,
+                "--user", CSI_USER,
+                "--key-file", str(pair.site_b.dir / f"{CSI_USER}.key"),
+            ]
         )
-    )
+    )  # fmt: skip
 
     step("ceph-csi's own cluster-mapping.json, rendered from the ClusterIDMapping")
     print(

@@ -22,17 +22,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.kinds import RETRY_ANNOTATION, volume_handle_selector
-from reconciler.sandbox import cephcsi, site
+from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER, SitePair
-from reconciler.sandbox.cephcsi import Provisioned
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
-from reconciler.sandbox.process import poll_until
 from reconciler.sandbox.prometheus import Prometheus
 from reconciler.sandbox.site import GROUP
 from tests.e2e.kubectl import apply, kubectl
-from tests.e2e.support import report, wait_until
+from tests.e2e.support import report
+from tests.support import csi_replay
+from tests.support.csi_replay import Provisioned
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -109,7 +110,7 @@ def wait_for_reason(
         return mapping if condition is not None and condition["reason"] == reason else None
 
     try:
-        return wait_until(settled, CONVERGE, f"{pv_name}'s mapping to say {reason}")
+        return wait_for(settled, CONVERGE, f"{pv_name}'s mapping to say {reason}")
     except pytest.fail.Exception:
         print(controller.log())
         raise
@@ -125,8 +126,8 @@ def events_about(kube: KubeSandbox, name: str) -> list[dict[str, Any]]:
 
 def journal_of(pair: SitePair, volume: Provisioned) -> dict[str, bytes | None]:
     """What site-b's journal holds for `volume`: its directory key and per-volume object."""
-    directory = cephcsi.omap(pair.site_b, volume.pool, "csi.volumes.default") or {}
-    per_volume = cephcsi.omap(pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
+    directory = csi_replay.omap(pair.site_b, volume.pool, "csi.volumes.default") or {}
+    per_volume = csi_replay.omap(pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
     return {
         "directory": directory.get(f"csi.volume.{volume.pv_name}"),
         "volume": json.dumps({k: v.decode() for k, v in per_volume.items()}).encode()
@@ -137,7 +138,7 @@ def journal_of(pair: SitePair, volume: Provisioned) -> dict[str, bytes | None]:
 
 def object_version(pair: SitePair, pool: str, oid: str) -> int:
     """RADOS's version of an object: it grows with every write, identical rewrites included."""
-    with cephcsi.ioctx(pair.site_b, pool) as io:
+    with csi_replay.ioctx(pair.site_b, pool) as io:
         io.stat(oid)
         version: int = io.get_last_version()
         return version
@@ -168,11 +169,11 @@ def world(
     work = tmp_path_factory.mktemp("controllers")
     names = ["one", "two", "three", "conflict", "jc", "dry", "not-primary", "prom"]
     volumes = {
-        f"ctl-{n}": cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, f"ctl-{n}")
+        f"ctl-{n}": csi_replay.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, f"ctl-{n}")
         for n in [*names, *(f"r{i}" for i in range(8))]
     }
     # ctl-not-primary is mirrored but left secondary by the test that needs it.
-    cephcsi.fail_over(ceph_pair, [v for n, v in volumes.items() if n != "ctl-not-primary"])
+    ceph_pair.fail_over([v.image_name for n, v in volumes.items() if n != "ctl-not-primary"])
     overlay = site.install_rbac(kube.kubeconfig, checkout, NAMESPACE, work)
     key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
     site.apply(
@@ -217,7 +218,7 @@ def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: Worl
         volume = world.volumes[name]
         mapping = wait_for_reason(world.kube, world.controller, name, "JournalRegenerated")
         status = mapping["status"]
-        assert status["newVolumeHandle"] == cephcsi.ceph_csi_handle(
+        assert status["newVolumeHandle"] == csi_replay.ceph_csi_handle(
             SITE_B_ID, pool_b, volume.object_uuid
         )
         assert (status["clusterID"], status["pool"], status["poolID"]) == (
@@ -232,13 +233,13 @@ def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: Worl
         owner = mapping["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"]) == ("PersistentVolume", name)
 
-        directory = cephcsi.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
+        directory = csi_replay.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
         assert directory[f"csi.volume.{name}"] == volume.object_uuid.encode()
-        per_volume = cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{volume.object_uuid}")
+        per_volume = csi_replay.omap(pair.site_b, pair.pool, f"csi.volume.{volume.object_uuid}")
         assert per_volume == {
             "csi.volname": name.encode(),
             "csi.imagename": volume.image_name.encode(),
-            "csi.imageid": cephcsi.image_id(pair.site_b, pair.pool, volume.image_name).encode(),
+            "csi.imageid": csi_replay.image_id(pair.site_b, pair.pool, volume.image_name).encode(),
             "csi.volume.owner": volume.namespace.encode(),
         }
         regenerated = [
@@ -297,7 +298,7 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
         pools = (cidm.get("status") or {}).get("rbdPools") or [{}]
         return cidm if "localPoolID" in pools[0] and "remotePoolID" in pools[0] else None
 
-    cidm = wait_until(learnt, CONVERGE, "pool IDs learnt on site-a-to-b")
+    cidm = wait_for(learnt, CONVERGE, "pool IDs learnt on site-a-to-b")
     status = cidm["status"]
     assert (status["localClusterID"], status["remoteClusterID"]) == (SITE_B_ID, SITE_A_ID)
     assert status["rbdPools"] == [
@@ -316,7 +317,7 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
         text = ((config_map or {}).get("data") or {}).get(MAPPING_KEY)
         return text if text and str(pool_a) in text else None
 
-    text = wait_until(rendered, CONVERGE, "cluster-mapping.json rendered with the pool IDs")
+    text = wait_for(rendered, CONVERGE, "cluster-mapping.json rendered with the pool IDs")
     entry = {
         "clusterIDMapping": {SITE_A_ID: SITE_B_ID},
         "RBDPoolIDMapping": [{f"{pool_a}": f"{pool_b}"}],
@@ -327,7 +328,7 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
     by_hand = {"clusterIDMapping": {SITE_A_ID: SITE_B_ID}, "CephFSFscIDMapping": [{"1": "2"}]}
     patch = {"data": {MAPPING_KEY: json.dumps([by_hand])}}
     kubectl(world.kube, "patch", "configmap", CSI_CONFIG, "-n", NAMESPACE, "-p", json.dumps(patch))
-    text = wait_until(rendered, CONVERGE, "cluster-mapping.json rendered again")
+    text = wait_for(rendered, CONVERGE, "cluster-mapping.json rendered again")
     assert json.loads(text) == [by_hand, entry]
     # ceph-csi on site-b resolves an old site-a handle to site-b, and on failback the reverse.
     assert ceph_csi_resolve(text, SITE_A_ID, pool_a) == (SITE_B_ID, pool_b)
@@ -358,10 +359,10 @@ def pv_variant(
 
 
 def nothing_written_for(pair: SitePair, pv_name: str, object_uuid: str) -> bool:
-    directory = cephcsi.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
+    directory = csi_replay.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
     return (
         f"csi.volume.{pv_name}" not in directory
-        and cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{object_uuid}") is None
+        and csi_replay.omap(pair.site_b, pair.pool, f"csi.volume.{object_uuid}") is None
     )
 
 
@@ -383,7 +384,7 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World
         ),
         "ctl-unmapped": (
             pv_variant(
-                source, "ctl-unmapped", cephcsi.ceph_csi_handle("site-z", 1, source.object_uuid)
+                source, "ctl-unmapped", csi_replay.ceph_csi_handle("site-z", 1, source.object_uuid)
             ),
             "ClusterNotMapped",
         ),
@@ -391,7 +392,7 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World
             pv_variant(
                 source,
                 "ctl-no-image",
-                cephcsi.ceph_csi_handle(SITE_A_ID, 1, ghost),
+                csi_replay.ceph_csi_handle(SITE_A_ID, 1, ghost),
                 imageName=f"csi-vol-{ghost}",
             ),
             "ImageNotFound",
@@ -423,7 +424,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
     pool_c = 7
     volume = world.volumes["ctl-conflict"]
     # The same volume re-applied as if it came from a third site, "site-c".
-    handle = cephcsi.ceph_csi_handle("site-c", pool_c, volume.object_uuid)
+    handle = csi_replay.ceph_csi_handle("site-c", pool_c, volume.object_uuid)
     first = cluster_id_mapping("site-c-first", "site-c", siteAPoolID=pool_c)
     second = cluster_id_mapping("site-c-second", "site-c", siteAPoolID=pool_c + 1)
     assert apply(world.kube, first, second).returncode == 0
@@ -433,7 +434,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
             condition = ready(get(world.kube, f"{API}/clusteridmappings/{name}"))
             return condition if condition and condition["reason"] == "Conflicting" else None
 
-        condition = wait_until(conflicting, CONVERGE, f"{name} marked Conflicting")
+        condition = wait_for(conflicting, CONVERGE, f"{name} marked Conflicting")
         assert f"in ClusterIDMapping {other}" in condition["message"]
     world.apply_pvs(pv_variant(volume, volume.pv_name, handle))
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "ClusterNotMapped")
@@ -452,7 +453,7 @@ def test_deleting_the_pv_deletes_its_mapping(failed_over: World) -> None:
     world = failed_over
     wait_for_reason(world.kube, world.controller, "ctl-three", "JournalRegenerated")
     kubectl(world.kube, "delete", "pv", "ctl-three", "--wait=false")
-    wait_until(
+    wait_for(
         lambda: handle_mapping(world.kube, "ctl-three") is None,
         CONVERGE,
         "the garbage collector to delete ctl-three's mapping",
@@ -477,7 +478,7 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
         ]
 
     # One worker and a quick poll: killed after the first PV, the others are still to do.
-    wait_until(some_ready, CONVERGE, "a first PV to converge", interval=0.05)
+    wait_for(some_ready, CONVERGE, "a first PV to converge", interval=0.05)
     world.controller.stop(signal.SIGKILL)  # mid-way: no graceful anything
     killed_log = world.controller.current_log()
     converged = some_ready()
@@ -562,9 +563,9 @@ def test_a_journal_conflict_is_terminal_writes_nothing_and_is_retried_on_request
     world.apply_pvs(volume.pv())
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalConflict")
     assert f"found {stray!r}, expected {volume.object_uuid!r}" in ready_of(mapping)["message"]
-    directory = cephcsi.omap(pair.site_b, volume.pool, "csi.volumes.default") or {}
+    directory = csi_replay.omap(pair.site_b, volume.pool, "csi.volumes.default") or {}
     assert directory[f"csi.volume.{volume.pv_name}"] == stray.encode()
-    assert cephcsi.omap(pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}") is None
+    assert csi_replay.omap(pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}") is None
 
     # Fixed on Ceph, outside Kubernetes: the admin asks for a retry with an annotation.
     pair.site_b.rados(
@@ -580,8 +581,8 @@ def test_an_image_not_yet_promoted_waits_and_then_converges(failed_over: World) 
     volume = world.volumes["ctl-not-primary"]
     image = f"{volume.pool}/{volume.image_name}"
     pair.site_a.rbd("mirror", "image", "enable", image, "snapshot")
-    poll_until(
-        lambda: cephcsi.mirror_state(pair.site_b, volume.pool, volume.image_name) == "up+replaying",
+    wait_for(
+        lambda: pair.site_b.mirror_state(volume.pool, volume.image_name) == "up+replaying",
         CONVERGE,
         f"{image} replaying on site-b",
     )
@@ -601,7 +602,7 @@ def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: Wo
     kubectl(world.kube, "delete", "pv", volume.pv_name)
     alias = cluster_id_mapping("site-d-to-b", "site-d", siteAPoolID=11)
     assert apply(world.kube, alias).returncode == 0
-    handle = cephcsi.ceph_csi_handle("site-d", 11, volume.object_uuid)
+    handle = csi_replay.ceph_csi_handle("site-d", 11, volume.object_uuid)
     world.apply_pvs(pv_variant(volume, volume.pv_name, handle))
 
     def updated() -> dict[str, Any] | None:
@@ -617,7 +618,7 @@ def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: Wo
             else None
         )
 
-    mapping = wait_until(updated, CONVERGE, "ctl-two's mapping updated to the new handle")
+    mapping = wait_for(updated, CONVERGE, "ctl-two's mapping updated to the new handle")
     assert mapping["status"]["newVolumeHandle"] == first["status"]["newVolumeHandle"]
     pv_uid = world.kube.request("GET", f"/api/v1/persistentvolumes/{volume.pv_name}")["metadata"]
     assert [o["uid"] for o in mapping["metadata"]["ownerReferences"]] == [pv_uid["uid"]]
@@ -637,7 +638,7 @@ def test_dry_run_writes_nothing_anywhere(failed_over: World) -> None:
     world.controller.start("--dry-run")
     try:
         world.apply_pvs(volume.pv())
-        wait_until(
+        wait_for(
             lambda: (
                 "dry run: would regenerate" in world.controller.current_log()
                 and volume.pv_name in world.controller.current_log()
@@ -677,12 +678,12 @@ def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
     with Prometheus.start(tmp_path, [world.controller.health_address], [alert_rules]) as prom:
         # The runtime's series and the product's, from the leader's /metrics.
         assert (
-            wait_until(
+            wait_for(
                 lambda: scraped(prom, "max(leader_election_master_status)"), 30, "the lease status"
             )
             == 1.0
         )
-        assert wait_until(
+        assert wait_for(
             lambda: scraped(
                 prom,
                 'controller_runtime_reconcile_total{controller="persistentvolume",'
@@ -691,14 +692,14 @@ def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
             30,
             "successful reconciles",
         )
-        wait_until(
+        wait_for(
             lambda: (scraped(prom, "rbd_mirror_reconciler_oldest_pending_volume_seconds") or 0) > 0,
             30,
             "a failover lag above 0",
         )
         assert (scraped(prom, "rbd_mirror_reconciler_volumes_pending") or 0) >= 1
         # The shipped rule sees it: pending now, firing once its `for` has passed.
-        alert = wait_until(
+        alert = wait_for(
             lambda: next(
                 (
                     a
@@ -721,7 +722,7 @@ def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
         )
         kubectl(world.kube, "annotate", "pv", "ctl-prom", f"{RETRY_ANNOTATION}=1")
         wait_for_reason(world.kube, world.controller, "ctl-prom", "JournalRegenerated")
-        wait_until(
+        wait_for(
             lambda: (
                 scraped(
                     prom,
@@ -754,9 +755,9 @@ def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(failed_over: World) 
     world = failed_over
     pair = world.pair
     pool_b = pair.site_b.pool_id(pair.pool)
-    from_a = cephcsi.provision(pair.site_a, SITE_B_ID, pair.pool, "ctl-same-id")
-    cephcsi.fail_over(pair, [from_a])
-    born_here = cephcsi.provision(pair.site_b, SITE_B_ID, pair.pool, "ctl-born-here")
+    from_a = csi_replay.provision(pair.site_a, SITE_B_ID, pair.pool, "ctl-same-id")
+    pair.fail_over([from_a.image_name])
+    born_here = csi_replay.provision(pair.site_b, SITE_B_ID, pair.pool, "ctl-born-here")
     here_version = object_version(pair, pair.pool, f"csi.volume.{born_here.object_uuid}")
     world.apply_pvs(from_a.pv(), born_here.pv())
     result = apply(world.kube, cluster_id_mapping("one-clusterid", SITE_B_ID))
@@ -765,11 +766,11 @@ def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(failed_over: World) 
         converged = wait_for_reason(
             world.kube, world.controller, "ctl-same-id", "JournalRegenerated"
         )
-        assert converged["status"]["newVolumeHandle"] == cephcsi.ceph_csi_handle(
+        assert converged["status"]["newVolumeHandle"] == csi_replay.ceph_csi_handle(
             SITE_B_ID, pool_b, from_a.object_uuid
         )
         assert converged["status"]["clusterIDMappings"] == ["one-clusterid"]
-        per_volume = cephcsi.omap(pair.site_b, pair.pool, f"csi.volume.{from_a.object_uuid}")
+        per_volume = csi_replay.omap(pair.site_b, pair.pool, f"csi.volume.{from_a.object_uuid}")
         assert per_volume is not None and per_volume["csi.volname"] == b"ctl-same-id"
         # The mapping learns the local ID here and the remote one from site-a's handle alone.
         pool_a = pair.site_a.pool_id(pair.pool)
@@ -779,12 +780,10 @@ def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(failed_over: World) 
             pools = (obj.get("status") or {}).get("rbdPools") or []
             return pools if pools and "remotePoolID" in pools[0] else None
 
-        pools = wait_until(learnt, CONVERGE, "one-clusterid to learn both pool IDs")
+        pools = wait_for(learnt, CONVERGE, "one-clusterid to learn both pool IDs")
         assert (pools[0]["localPoolID"], pools[0]["remotePoolID"]) == (pool_b, pool_a)
         # The volume provisioned here was looked at and left alone: no mapping, no write.
-        wait_until(
-            lambda: queue_idle(world.controller, "persistentvolume"), 30, "the PV queue idle"
-        )
+        wait_for(lambda: queue_idle(world.controller, "persistentvolume"), 30, "the PV queue idle")
         assert handle_mapping(world.kube, "ctl-born-here") is None
         assert (
             object_version(pair, pair.pool, f"csi.volume.{born_here.object_uuid}") == here_version

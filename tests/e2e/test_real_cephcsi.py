@@ -108,23 +108,6 @@ def images(site: CephCluster, pool: str) -> set[str]:
     return set(json.loads(site.rbd("ls", pool, "--format", "json")))
 
 
-def delete_volume_as_provisioner(
-    driver: CephCSIDriver, handle: str, secrets: CSISecrets, timeout: float = 60
-) -> None:
-    """DeleteVolume, retried as the external-provisioner retries it. Right after DeleteSnapshot
-    ceph-csi answers INTERNAL "... is still being used": the mgr's trash-remove task for the
-    snapshot's clone briefly watches the parent image."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            driver.client.delete_volume(handle, secrets)
-            return
-        except CSIError as err:
-            if "still being used" not in err.details or time.monotonic() >= deadline:
-                raise
-        time.sleep(0.5)
-
-
 def new_pv_name() -> str:
     return f"pvc-{uuid.uuid4()}"
 
@@ -235,7 +218,7 @@ def test_expand_snapshot_and_delete(
     assert f"csi.snap.{snap_name}" not in (omap(site, pool, "csi.snaps.default") or {})
     assert f"csi.snap.{snap_uuid}" not in objects(site, pool, "csi.snap.")
 
-    delete_volume_as_provisioner(cephcsi_driver, handle, secrets)
+    cephcsi_driver.client.delete_volume_as_provisioner(handle, secrets)
     assert image not in images(site, pool)
     assert f"csi.volume.{pv_name}" not in (omap(site, pool, "csi.volumes.default") or {})
     assert f"csi.volume.{object_uuid}" not in objects(site, pool, "csi.volume.")
