@@ -14,12 +14,20 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconciler.sandbox.errors import CommandFailed, MissingPackage, SandboxError
-from reconciler.sandbox.process import Daemon, DaemonGroup, ensure_port_free, free_port, run
+from reconciler.sandbox.process import (
+    Daemon,
+    DaemonGroup,
+    ensure_port_free,
+    free_port,
+    poll_until,
+    run,
+)
 
 DEFAULT_POOL = "replicapool"
 # The user ceph-csi's provisioner runs as, with the caps its documentation asks for.
@@ -97,6 +105,15 @@ class CephCluster:
 
     def init_rbd_pool(self, pool: str) -> None:
         self.rbd("pool", "init", pool, timeout=60)
+
+    def mirror_state(self, pool: str, image: str) -> str | None:
+        """The image's mirroring state here (e.g. "up+replaying"); None while it is not here."""
+        try:
+            status = self.rbd("mirror", "image", "status", f"{pool}/{image}", "--format", "json")
+        except CommandFailed:
+            return None
+        state: str = json.loads(status)["state"]
+        return state
 
     def user_key(self, user: str) -> str:
         return self.ceph("auth", "get-key", f"client.{user}").strip()
@@ -403,6 +420,22 @@ class SitePair:
         # Secondary first: its rbd-mirror daemon talks to site-a.
         for site in (self.site_b, self.site_a):
             site.stop()
+
+    def fail_over(self, images: Sequence[str], timeout: float = 120) -> None:
+        """Mirror `images` of the pool from site-a to site-b, wait until site-b replays them all
+        (the initial sync), then promote them on site-b as a disaster failover does: forced,
+        since site-a is presumed lost."""
+        for image in images:
+            self.site_a.rbd("mirror", "image", "enable", f"{self.pool}/{image}", "snapshot")
+        poll_until(
+            lambda: all(
+                self.site_b.mirror_state(self.pool, image) == "up+replaying" for image in images
+            ),
+            timeout,
+            f"{len(images)} images replaying on site-b",
+        )
+        for image in images:
+            self.site_b.rbd("mirror", "image", "promote", "--force", f"{self.pool}/{image}")
 
     def describe(self) -> dict[str, Any]:
         """What a human or a script needs to use the pair (no secrets: keys stay in files)."""

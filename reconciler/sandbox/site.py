@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,52 @@ def install_rbac(
             raise
     kubectl(kubeconfig, "apply", "-k", str(copy))
     return copy
+
+
+def static_pv(
+    name: str,
+    handle: str,
+    *,
+    cluster_id: str,
+    pool: str,
+    image_name: str,
+    claim: tuple[str, str],
+    driver: str = "rbd.csi.ceph.com",
+    attributes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The static PV an admin re-creates on the surviving site for a volume ceph-csi provisioned
+    (the design doc's sample); `claim` is (name, namespace), `attributes` override or add
+    volumeAttributes."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "capacity": {"storage": "16Mi"},
+            "persistentVolumeReclaimPolicy": "Retain",
+            "claimRef": {"name": claim[0], "namespace": claim[1]},
+            "csi": {
+                "driver": driver,
+                "fsType": "ext4",
+                "volumeHandle": handle,
+                "volumeAttributes": {
+                    "clusterID": cluster_id,
+                    "imageFeatures": "layering",
+                    "imageFormat": "2",
+                    "imageName": image_name,
+                    "journalPool": pool,
+                    "pool": pool,
+                    "radosNamespace": "",
+                    **(attributes or {}),
+                },
+                "controllerExpandSecretRef": {
+                    "name": "rook-csi-rbd-provisioner",
+                    "namespace": "rook-ceph",
+                },
+            },
+        },
+    }
 
 
 def ceph_csi_secret(name: str, namespace: str, user: str, key: str) -> dict[str, Any]:

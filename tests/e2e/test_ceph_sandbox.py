@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.sandbox.ceph import CephCluster, SitePair, require_ceph_programs
-from reconciler.sandbox.cephcsi import mirror_state
 from reconciler.sandbox.errors import DaemonFailed, MissingPackage, PortInUse
 from reconciler.sandbox.process import Daemon, pid_alive
-from tests.e2e.support import wait_until
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -24,9 +23,9 @@ def test_image_mirrors_to_site_b_and_replays(ceph_pair: SitePair) -> None:
     ceph_pair.site_a.rbd("create", "--size", "16M", image)
     ceph_pair.site_a.rbd("mirror", "image", "enable", image, "snapshot")
 
-    state = wait_until(
+    state = wait_for(
         lambda: (
-            (s := mirror_state(ceph_pair.site_b, ceph_pair.pool, name))
+            (s := ceph_pair.site_b.mirror_state(ceph_pair.pool, name))
             and s.startswith("up+replaying")
             and s
         ),
@@ -66,7 +65,7 @@ def test_omap_is_not_mirrored(ceph_pair: SitePair) -> None:
     image = f"{ceph_pair.pool}/{name}"
     ceph_pair.site_a.rbd("create", "--size", "8M", image)
     ceph_pair.site_a.rbd("mirror", "image", "enable", image, "snapshot")
-    wait_until(lambda: mirror_state(ceph_pair.site_b, ceph_pair.pool, name), 60, f"{image} on b")
+    wait_for(lambda: ceph_pair.site_b.mirror_state(ceph_pair.pool, name), 60, f"{image} on b")
 
     objects_on_b = ceph_pair.site_b.rados(ceph_pair.pool, "ls").split()
     assert f"rbd_header.{image_id(ceph_pair.site_b, image)}" in objects_on_b

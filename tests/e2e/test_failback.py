@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sandbox import cephcsi
 from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.process import pid_alive
-from tests.e2e.support import wait_until
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +30,8 @@ def test_image_created_on_site_b_mirrors_back_to_site_a(two_way_pair: SitePair) 
     spec = f"{two_way_pair.pool}/{image}"
     two_way_pair.site_b.rbd("create", "--size", "8M", spec)
     two_way_pair.site_b.rbd("mirror", "image", "enable", spec, "snapshot")
-    wait_until(
-        lambda: (
-            cephcsi.mirror_state(two_way_pair.site_a, two_way_pair.pool, image) == "up+replaying"
-        ),
+    wait_for(
+        lambda: two_way_pair.site_a.mirror_state(two_way_pair.pool, image) == "up+replaying",
         timeout=90,
         what=f"{spec} replaying on site-a",
     )

@@ -17,10 +17,10 @@ import pytest
 from reconciler.cephconn import CephConnection, ConnectionPool, Credentials
 from reconciler.errors import CephUnavailable, ImageNotFound, JournalConflict, PoolNotFound
 from reconciler.regenerate import LocalCluster, regenerate
-from reconciler.sandbox import cephcsi
 from reconciler.sandbox.ceph import CSI_USER, SitePair
-from reconciler.sandbox.cephcsi import Provisioned
 from reconciler.volume import CSIVolume
+from tests.support import csi_replay
+from tests.support.csi_replay import Provisioned
 
 pytestmark = pytest.mark.e2e
 
@@ -43,9 +43,10 @@ def failed_over(ceph_pair: SitePair) -> Iterator[dict[str, Provisioned]]:
         "pvc-stale",
     ]
     volumes = {
-        name: cephcsi.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, name) for name in names
+        name: csi_replay.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, name)
+        for name in names
     }
-    cephcsi.fail_over(ceph_pair, list(volumes.values()))
+    ceph_pair.fail_over([v.image_name for v in volumes.values()])
     yield volumes
 
 
@@ -67,7 +68,7 @@ def journal_less(pv_name: str, object_uuid: str, pool: str) -> Provisioned:
         namespace="apps",
         object_uuid=object_uuid,
         image_name=f"csi-vol-{object_uuid}",
-        handle=cephcsi.ceph_csi_handle(SITE_A_ID, 9, object_uuid),
+        handle=csi_replay.ceph_csi_handle(SITE_A_ID, 9, object_uuid),
         pool=pool,
     )
 
@@ -75,8 +76,8 @@ def journal_less(pv_name: str, object_uuid: str, pool: str) -> Provisioned:
 def journal_snapshot(pair: SitePair, pool: str) -> dict[str, dict[str, bytes] | None]:
     """Every ceph-csi journal object in `pool` on site-b with its omap."""
     site = pair.site_b
-    names = cephcsi.objects(site, pool, "csi.")
-    return {name: cephcsi.omap(site, pool, name) for name in sorted(names)}
+    names = csi_replay.objects(site, pool, "csi.")
+    return {name: csi_replay.omap(site, pool, name) for name in sorted(names)}
 
 
 def keys_of_a_full_reservation(volume: Provisioned) -> list[str]:
@@ -94,7 +95,7 @@ def expected_on_site_b(pair: SitePair, volume: Provisioned, **extra: str) -> dic
     values = {
         "csi.volname": volume.pv_name,
         "csi.imagename": volume.image_name,
-        "csi.imageid": cephcsi.image_id(pair.site_b, volume.pool, volume.image_name),
+        "csi.imageid": csi_replay.image_id(pair.site_b, volume.pool, volume.image_name),
         "csi.volume.owner": volume.namespace,
         **extra,
     }
@@ -109,13 +110,13 @@ async def test_regeneration_writes_what_ceph_csi_reads(
 
     pool_id_b = ceph_pair.site_b.pool_id(volume.pool)
     assert pool_id_b != ceph_pair.site_a.pool_id(volume.pool)
-    assert result.new_handle == cephcsi.ceph_csi_handle(SITE_B_ID, pool_id_b, volume.object_uuid)
+    assert result.new_handle == csi_replay.ceph_csi_handle(SITE_B_ID, pool_id_b, volume.object_uuid)
     assert result.old_handle == volume.handle
     assert result.image_name == volume.image_name
     assert result.image_primary is True
-    directory = cephcsi.omap(ceph_pair.site_b, volume.pool, "csi.volumes.default") or {}
+    directory = csi_replay.omap(ceph_pair.site_b, volume.pool, "csi.volumes.default") or {}
     assert directory[f"csi.volume.{volume.pv_name}"] == volume.object_uuid.encode()
-    per_volume = cephcsi.omap(ceph_pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
+    per_volume = csi_replay.omap(ceph_pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
     assert per_volume == expected_on_site_b(ceph_pair, volume)
     assert result.written == keys_of_a_full_reservation(volume)
 
@@ -191,7 +192,7 @@ async def test_conflicting_directory_key_writes_nothing(
     )
     ceph_pair.site_b.rados(volume.pool, "rm", f"csi.volume.{other_uuid}")
     done = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B, legacy_handle_key=True)
-    directory = cephcsi.omap(ceph_pair.site_b, volume.pool, "csi.volumes.default") or {}
+    directory = csi_replay.omap(ceph_pair.site_b, volume.pool, "csi.volumes.default") or {}
     assert directory[f"csi.volume.{volume.handle}"] == done.new_handle.encode()
 
 
@@ -206,12 +207,12 @@ async def test_a_stale_directory_key_is_replaced_and_the_reservation_redone(
     site.rados(
         volume.pool, "setomapval", "csi.volumes.default", f"csi.volume.{volume.pv_name}", stale_uuid
     )
-    assert f"csi.volume.{stale_uuid}" not in cephcsi.objects(site, volume.pool, "csi.volume.")
+    assert f"csi.volume.{stale_uuid}" not in csi_replay.objects(site, volume.pool, "csi.volume.")
     before = journal_snapshot(ceph_pair, volume.pool)
 
     result = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
 
-    assert result.new_handle == cephcsi.ceph_csi_handle(
+    assert result.new_handle == csi_replay.ceph_csi_handle(
         SITE_B_ID, site.pool_id(volume.pool), volume.object_uuid
     )
     assert result.written == keys_of_a_full_reservation(volume)
@@ -237,11 +238,11 @@ async def test_owner_and_image_id_are_reset_but_a_foreign_volname_is_a_conflict(
     moved["spec"]["claimRef"]["namespace"] = "apps-v2"
     result = await regenerate(site_b, CSIVolume.from_pv(moved), SITE_B)
     assert result.written == ["csi.imageid", "csi.volume.owner"]
-    per_volume = cephcsi.omap(ceph_pair.site_b, volume.pool, oid) or {}
+    per_volume = csi_replay.omap(ceph_pair.site_b, volume.pool, oid) or {}
     assert per_volume["csi.volume.owner"] == b"apps-v2"
     assert (
         per_volume["csi.imageid"]
-        == cephcsi.image_id(ceph_pair.site_b, volume.pool, volume.image_name).encode()
+        == csi_replay.image_id(ceph_pair.site_b, volume.pool, volume.image_name).encode()
     )
 
     ceph_pair.site_b.rados(volume.pool, "setomapval", oid, "csi.volname", "pvc-someone-else")
@@ -259,7 +260,7 @@ async def test_encrypted_volume_in_a_rados_namespace(
     volume = failed_over["pvc-enc"]
     pv = volume.pv(encrypted="true", encryptionKMSID="vault-tenant")
     await regenerate(site_b, CSIVolume.from_pv(pv), SITE_B)
-    per_volume = cephcsi.omap(ceph_pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
+    per_volume = csi_replay.omap(ceph_pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
     assert per_volume == expected_on_site_b(
         ceph_pair,
         volume,
@@ -296,9 +297,9 @@ async def test_rados_namespace_is_honoured(
     )
     assert result.rados_namespace == namespace
     assert result.image_primary is None  # never mirrored
-    directory = cephcsi.omap(site, ceph_pair.pool, "csi.volumes.default", namespace) or {}
+    directory = csi_replay.omap(site, ceph_pair.pool, "csi.volumes.default", namespace) or {}
     assert directory == {"csi.volume.pvc-ns": object_uuid.encode()}
-    per_volume = cephcsi.omap(site, ceph_pair.pool, f"csi.volume.{object_uuid}", namespace)
+    per_volume = csi_replay.omap(site, ceph_pair.pool, f"csi.volume.{object_uuid}", namespace)
     assert per_volume is not None and per_volume["csi.volname"] == b"pvc-ns"
     assert journal_snapshot(ceph_pair, ceph_pair.pool) == before_default
 
@@ -317,10 +318,10 @@ async def test_separate_journal_pool_is_laid_out_as_ceph_csi_reads_it(
     await regenerate(site_b, CSIVolume.from_pv(volume.pv(journalPool=journal_pool)), SITE_B)
     image_pool_hex = f"{site.pool_id(ceph_pair.pool):016x}"
     journal_pool_hex = f"{site.pool_id(journal_pool):016x}"
-    directory = cephcsi.omap(site, journal_pool, "csi.volumes.default") or {}
+    directory = csi_replay.omap(site, journal_pool, "csi.volumes.default") or {}
     assert directory["csi.volume.pvc-topology"] == f"{image_pool_hex}/{object_uuid}".encode()
     # ceph-csi reads the per-volume object back from the image pool.
-    per_volume = cephcsi.omap(site, ceph_pair.pool, f"csi.volume.{object_uuid}") or {}
+    per_volume = csi_replay.omap(site, ceph_pair.pool, f"csi.volume.{object_uuid}") or {}
     assert per_volume["csi.journalpool"] == journal_pool_hex.encode()
     assert per_volume["csi.volname"] == b"pvc-topology"
 
@@ -371,7 +372,7 @@ async def test_a_crash_after_any_write_is_repaired_by_the_next_run(
 ) -> None:
     volume = failed_over["pvc-crash"]
     pv = CSIVolume.from_pv(volume.pv())
-    cephcsi.erase_journal(ceph_pair.site_b, volume.pool, volume)
+    csi_replay.erase_journal(ceph_pair.site_b, volume.pool, volume)
     before = journal_snapshot(ceph_pair, volume.pool)
 
     crashing = CrashAfter(site_b, writes_before_crash)
@@ -468,7 +469,7 @@ def test_cli_regenerate_and_show(
     assert dry.returncode == 0, dry.stderr
     planned = json.loads(dry.stdout)
     assert planned["dryRun"] is True and planned["written"]
-    assert f"csi.volume.{volume.object_uuid}" not in cephcsi.objects(
+    assert f"csi.volume.{volume.object_uuid}" not in csi_replay.objects(
         ceph_pair.site_b, volume.pool, "csi.volume."
     )
 

@@ -1,9 +1,10 @@
 """A stand-in for ceph-csi's provisioner on site-a: volumes made and read the way ceph-csi does.
 
-This is the sandbox's own statement of ceph-csi's behaviour (CreateVolume's reservation order,
+This is the tests' own statement of ceph-csi's behaviour (CreateVolume's reservation order,
 its key names and value bytes, the handle layout), written independently of the product's
 `handle` and `journal` modules, so that a bug shared by the product and its tests cannot hide.
-Admin credentials, straight librados.
+Admin credentials, straight librados. Test-only: the demo provisions with the product's own
+journal code instead (reconciler/sandbox/demo.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from typing import Any
 import rados
 import rbd
 
-from reconciler.sandbox.ceph import CephCluster, SitePair
-from reconciler.sandbox.errors import CommandFailed
-from reconciler.sandbox.process import poll_until
+from reconciler.sandbox.ceph import CephCluster
+from reconciler.sandbox.site import static_pv
 
 
 @contextmanager
@@ -75,37 +75,16 @@ class Provisioned:
 
     def pv(self, driver: str = "rbd.csi.ceph.com", **attributes: str) -> dict[str, Any]:
         """The static PV an admin re-creates on the secondary site (design doc's sample)."""
-        attrs = {
-            "clusterID": self.cluster_id,
-            "imageFeatures": "layering",
-            "imageFormat": "2",
-            "imageName": self.image_name,
-            "journalPool": self.pool,
-            "pool": self.pool,
-            "radosNamespace": "",
-            **attributes,
-        }
-        return {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": self.pv_name},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "capacity": {"storage": "16Mi"},
-                "persistentVolumeReclaimPolicy": "Retain",
-                "claimRef": {"name": self.claim_name, "namespace": self.namespace},
-                "csi": {
-                    "driver": driver,
-                    "fsType": "ext4",
-                    "volumeHandle": self.handle,
-                    "volumeAttributes": attrs,
-                    "controllerExpandSecretRef": {
-                        "name": "rook-csi-rbd-provisioner",
-                        "namespace": "rook-ceph",
-                    },
-                },
-            },
-        }
+        return static_pv(
+            self.pv_name,
+            self.handle,
+            cluster_id=self.cluster_id,
+            pool=self.pool,
+            image_name=self.image_name,
+            claim=(self.claim_name, self.namespace),
+            driver=driver,
+            attributes=attributes,
+        )
 
 
 def reserve(io: Any, pv_name: str, object_uuid: str, image_name: str, owner: str) -> None:
@@ -159,35 +138,6 @@ def provision(
 def image_id(site: CephCluster, pool: str, image_name: str) -> str:
     found: str = json.loads(site.rbd("info", f"{pool}/{image_name}", "--format", "json"))["id"]
     return found
-
-
-def mirror_state(site: CephCluster, pool: str, image_name: str) -> str | None:
-    try:
-        status = site.rbd("mirror", "image", "status", f"{pool}/{image_name}", "--format", "json")
-    except CommandFailed:
-        return None  # not on this site yet
-    state: str = json.loads(status)["state"]
-    return state
-
-
-def fail_over(pair: SitePair, volumes: list[Provisioned], timeout: float = 120) -> None:
-    """Mirror `volumes` from site-a to site-b, wait for the initial sync, promote on site-b."""
-    for volume in volumes:
-        pair.site_a.rbd(
-            "mirror", "image", "enable", f"{volume.pool}/{volume.image_name}", "snapshot"
-        )
-
-    def all_replaying() -> bool:
-        return all(
-            mirror_state(pair.site_b, v.pool, v.image_name) == "up+replaying" for v in volumes
-        )
-
-    poll_until(all_replaying, timeout, f"{len(volumes)} images replaying on site-b")
-    for volume in volumes:
-        # A disaster failover: site-a is presumed lost, so site-b promotes without its say.
-        pair.site_b.rbd(
-            "mirror", "image", "promote", "--force", f"{volume.pool}/{volume.image_name}"
-        )
 
 
 def erase_journal(site: CephCluster, pool: str, volume: Provisioned) -> None:

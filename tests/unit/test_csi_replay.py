@@ -1,4 +1,4 @@
-"""The sandbox's stand-in for ceph-csi states ceph-csi's formats and order on its own; these check
+"""The tests' stand-in for ceph-csi states ceph-csi's formats and order on its own; these check
 that statement without a cluster (the product is used only to read its output back)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from reconciler.handle import VolumeHandle
-from reconciler.sandbox.cephcsi import ceph_csi_handle, reserve
+from tests.support.csi_replay import ceph_csi_handle, reserve
 
 UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
 
