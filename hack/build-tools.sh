@@ -76,7 +76,12 @@ case "${1:-}" in
 esac
 
 if all_ok; then
-	log "cached: $(for entry in "${tools[@]}"; do read -r n _ v <<<"$entry"; printf '%s %s, ' "$n" "$v"; done)in $bin_dir"
+	summary=()
+	for entry in "${tools[@]}"; do
+		read -r name package version <<<"$entry"
+		summary+=("$name $version")
+	done
+	log "cached in $bin_dir: $(IFS=,; echo "${summary[*]}")"
 	echo "$bin_dir"
 	exit 0
 fi
