@@ -9,10 +9,14 @@ STAMPS      := .stamps
 # Ceph's Python bindings are only built for Debian's own interpreter, so the venv uses it too.
 SYSTEM_PY   := /usr/bin/python3
 APT_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common rbd-mirror python3-rados python3-rbd \
-                python3-venv prometheus librados-dev librbd-dev libcephfs-dev
+                python3-venv prometheus librados-dev librbd-dev libcephfs-dev \
+                docker.io mmdebstrap shellcheck
 PYTEST_ARGS ?=
+# The controller image `make image` builds (into the project's own dockerd, hack/dockerd.sh).
+IMAGE       ?= rbd-mirror-reconciler:dev
 
-.PHONY: help setup lint test test-unit test-alerts test-e2e bench demo clean kube-bins cephcsi-bin
+.PHONY: help setup lint test test-unit test-alerts test-e2e bench demo clean kube-bins cephcsi-bin \
+        tools image lint-workflows
 
 help:
 	@echo "make setup      install Debian packages and the virtualenv (idempotent)"
@@ -22,13 +26,17 @@ help:
 	@echo "make test-e2e   tests against real Ceph daemons and a real kube-apiserver"
 	@echo "make kube-bins  build kube-apiserver, kube-controller-manager, etcd once (cached in ~/.cache)"
 	@echo "make cephcsi-bin build the real ceph-csi v3.12.2 and CSI gRPC stubs once (cached in ~/.cache)"
+	@echo "make tools      build helm and actionlint from Go modules once (cached in ~/.cache)"
+	@echo "make image      build the controller image here: own dockerd, Debian base via mmdebstrap"
+	@echo "make lint-workflows actionlint (+ shellcheck) on .github/workflows, shellcheck on hack/"
 	@echo "make test       all of the above"
 	@echo "make bench      benchmarks on real daemons (figures, not pass/fail)"
 	@echo "make demo       a real failover on a local Ceph pair + API server, then the controller"
 
 setup: $(STAMPS)/apt $(STAMPS)/venv
 
-$(STAMPS)/apt:
+# Re-checked when the Makefile (and so the package list) changes; installs only what is missing.
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@installed=$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -c 'install ok installed'); \
 	if [ "$$installed" -ne "$(words $(APT_PACKAGES))" ]; then \
@@ -37,7 +45,8 @@ $(STAMPS)/apt:
 	fi
 	@touch $@
 
-$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+# Order-only on apt: a new Debian package (a restamped apt) does not reinstall the venv.
+$(STAMPS)/venv: pyproject.toml | $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	@[ -x $(PY) ] || $(SYSTEM_PY) -m venv $(VENV)
 	@# Link just the two compiled Ceph modules: --system-site-packages would drag in Debian's
@@ -73,10 +82,25 @@ kube-bins:
 cephcsi-bin: setup
 	hack/build-cephcsi.sh
 
-test-e2e: setup kube-bins cephcsi-bin
+# helm and actionlint from their Go modules, cached by version outside the repo; a no-op once
+# built (cold: about 2 minutes).
+tools:
+	hack/build-tools.sh
+
+# Starts the project's dockerd if it is not running (and stops it again), bootstraps the Debian
+# base once, builds the Dockerfile; prints the image's size and layers.
+image: setup
+	hack/image.sh $(IMAGE)
+
+# The hosted-CI workflow, never run here: actionlint (shellcheck on its scripts) keeps it valid.
+lint-workflows: setup tools
+	"$$(hack/build-tools.sh --print-dir)/actionlint" -shellcheck=shellcheck .github/workflows/*.yaml
+	shellcheck hack/*.sh
+
+test-e2e: setup kube-bins cephcsi-bin tools image
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint test-alerts test-unit test-e2e
+test: lint lint-workflows test-alerts test-unit test-e2e
 
 # Benchmarks print figures with their baseline from the same run; they are not pass/fail tests.
 bench: setup kube-bins
