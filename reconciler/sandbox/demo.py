@@ -190,7 +190,7 @@ def _failover(
 
 def _mappings(kubeconfig: Path) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = json.loads(
-        site.kubectl(kubeconfig, "get", "volumehandlemappings", "-o", "json")
+        site.kubectl(kubeconfig, "get", "volumehandlemappings", "-o", "json").stdout
     )["items"]
     return items
 
@@ -225,7 +225,7 @@ def _converge(
         print(controller.log())
         raise
     print(f"   all Ready {time.monotonic() - waited:.1f} s after the controller started\n")
-    print(site.kubectl(cfg, "get", "volumehandlemappings", "-o", "wide"))
+    print(site.kubectl(cfg, "get", "volumehandlemappings", "-o", "wide").stdout)
 
     step("The progress Prometheus scrapes from the controller's /metrics")
     # The controller's cache sees its own last status write a moment after the API server does.
@@ -260,7 +260,7 @@ def _converge(
     new_handle = site.kubectl(
         cfg, "get", "volumehandlemapping", sample.pv_name,
         "-o", "jsonpath={.status.newVolumeHandle}",
-    )  # fmt: skip
+    ).stdout  # fmt: skip
     print(
         run(
             [
@@ -283,7 +283,7 @@ def _converge(
             NAMESPACE,
             "-o",
             "jsonpath={.data.cluster-mapping\\.json}",
-        )
+        ).stdout
     )
 
     step(f"Deleting PV {sample.pv_name}: its VolumeHandleMapping goes with it")

@@ -15,26 +15,55 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import CommandFailed
-from reconciler.sandbox.process import free_port, run
+from reconciler.sandbox.process import free_port
 
 GROUP = "rbdmirror.csi.ceph.io"
 CRDS = (f"clusteridmappings.{GROUP}", f"volumehandlemappings.{GROUP}")
 SERVICE_ACCOUNT = "rbd-mirror-reconciler"
+KUBECTL_TIMEOUT = 90.0
 
 
-def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
-    return run(["kubectl", "--kubeconfig", str(kubeconfig), *args], input_text=stdin, timeout=90)
+class HasKubeconfig(Protocol):
+    """A KubeSandbox (its admin), a ControllerProcess (its ServiceAccount), ..."""
+
+    @property
+    def kubeconfig(self) -> Path: ...
 
 
-def apply(kubeconfig: Path, *manifests: dict[str, Any]) -> str:
-    return kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
+def kubectl(
+    who: Path | HasKubeconfig,
+    *args: str,
+    stdin: str | None = None,
+    check: bool = True,
+    timeout: float = KUBECTL_TIMEOUT,
+) -> subprocess.CompletedProcess[str]:
+    """kubectl as `who` (a kubeconfig, or what has one), as an admin would type it. With `check`,
+    a non-zero exit raises CommandFailed with kubectl's stderr; without, the caller looks."""
+    kubeconfig = who if isinstance(who, Path) else who.kubeconfig
+    argv = ["kubectl", "--kubeconfig", str(kubeconfig), *args]
+    try:
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as err:
+        raise CommandFailed(argv, f"timed out after {timeout:.0f} s") from err
+    if check and done.returncode != 0:
+        raise CommandFailed(argv, f"exit {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return done
+
+
+def apply(
+    who: Path | HasKubeconfig, *manifests: dict[str, Any], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` of `manifests`; `check` as for `kubectl`."""
+    return kubectl(who, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests), check=check)
 
 
 def install_crds(kubeconfig: Path, checkout: Checkout) -> None:
@@ -61,11 +90,9 @@ def install_rbac(
     config = yaml.safe_load(kustomization.read_text())
     config["namespace"] = namespace
     kustomization.write_text(yaml.safe_dump(config, sort_keys=False))
-    try:
-        kubectl(kubeconfig, "create", "namespace", namespace)
-    except CommandFailed as err:
-        if "AlreadyExists" not in str(err):
-            raise
+    created = kubectl(kubeconfig, "create", "namespace", namespace, check=False)
+    if created.returncode != 0 and "AlreadyExists" not in created.stderr:
+        raise CommandFailed(["kubectl", "create", "namespace", namespace], created.stderr)
     kubectl(kubeconfig, "apply", "-k", str(copy))
     return copy
 

@@ -11,7 +11,7 @@ from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.process import pid_alive
-from tests.e2e.kubectl import install_crds
+from reconciler.sandbox.site import install_crds
 from tests.e2e.support import report
 
 
@@ -55,7 +55,7 @@ def kube(
 @pytest.fixture(scope="session")
 def crds(kube: KubeSandbox, checkout: Checkout) -> None:
     """The project's CRDs installed from crds/ with kustomize, and Established."""
-    install_crds(kube, checkout)
+    install_crds(kube.kubeconfig, checkout)
 
 
 @pytest.fixture

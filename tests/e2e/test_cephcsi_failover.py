@@ -33,7 +33,7 @@ from reconciler.sandbox.csidriver import (
 )
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
-from tests.e2e.kubectl import kubectl
+from reconciler.sandbox.site import kubectl
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +27,7 @@ from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.prometheus import Prometheus
-from reconciler.sandbox.site import GROUP
-from tests.e2e.kubectl import apply, kubectl
+from reconciler.sandbox.site import GROUP, apply, kubectl
 from tests.e2e.support import report
 from tests.support import csi_replay
 from tests.support.csi_replay import Provisioned
@@ -152,7 +150,7 @@ class World:
     volumes: dict[str, Provisioned]
 
     def apply_pvs(self, *manifests: dict[str, Any]) -> None:
-        result = apply(self.kube, *manifests)
+        result = apply(self.kube, *manifests, check=False)
         assert result.returncode == 0, result.stderr
 
 
@@ -204,7 +202,7 @@ def world(
 @pytest.fixture(scope="module")
 def failed_over(world: World) -> World:
     """The mapping site-a <-> site-b applied with kubectl, and the first PVs re-applied."""
-    result = apply(world.kube, cluster_id_mapping("site-a-to-b", SITE_A_ID))
+    result = apply(world.kube, cluster_id_mapping("site-a-to-b", SITE_A_ID), check=False)
     assert result.returncode == 0, result.stderr
     world.apply_pvs(*(world.volumes[n].pv() for n in ("ctl-one", "ctl-two", "ctl-three")))
     return world
@@ -427,7 +425,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
     handle = csi_replay.ceph_csi_handle("site-c", pool_c, volume.object_uuid)
     first = cluster_id_mapping("site-c-first", "site-c", siteAPoolID=pool_c)
     second = cluster_id_mapping("site-c-second", "site-c", siteAPoolID=pool_c + 1)
-    assert apply(world.kube, first, second).returncode == 0
+    assert apply(world.kube, first, second, check=False).returncode == 0
     for name, other in (("site-c-first", "site-c-second"), ("site-c-second", "site-c-first")):
 
         def conflicting(name: str = name) -> dict[str, Any] | None:
@@ -442,7 +440,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
     assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
 
     fixed = cluster_id_mapping("site-c-second", "site-c", siteAPoolID=pool_c)
-    assert apply(world.kube, fixed).returncode == 0
+    assert apply(world.kube, fixed, check=False).returncode == 0
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
     assert sorted(mapping["status"]["clusterIDMappings"]) == ["site-c-first", "site-c-second"]
     for name in ("site-c-first", "site-c-second"):
@@ -525,21 +523,7 @@ def test_the_controller_is_denied_what_its_role_does_not_grant(world: World) -> 
     """The ServiceAccount really is confined: Secrets are read one by one in its namespace only."""
 
     def can(*request: str) -> str:
-        result = subprocess.run(
-            [
-                "kubectl",
-                "--kubeconfig",
-                str(world.controller.kubeconfig),
-                "auth",
-                "can-i",
-                *request,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        return result.stdout.strip()
+        return kubectl(world.controller, "auth", "can-i", *request, check=False).stdout.strip()
 
     assert can("get", "secrets", "-n", NAMESPACE) == "yes"
     assert can("get", "secrets", "-n", "kube-system") == "no"
@@ -601,7 +585,7 @@ def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: Wo
     # A PV's handle is immutable: "re-applied" means deleted and created again by name.
     kubectl(world.kube, "delete", "pv", volume.pv_name)
     alias = cluster_id_mapping("site-d-to-b", "site-d", siteAPoolID=11)
-    assert apply(world.kube, alias).returncode == 0
+    assert apply(world.kube, alias, check=False).returncode == 0
     handle = csi_replay.ceph_csi_handle("site-d", 11, volume.object_uuid)
     world.apply_pvs(pv_variant(volume, volume.pv_name, handle))
 
@@ -760,7 +744,7 @@ def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(failed_over: World) 
     born_here = csi_replay.provision(pair.site_b, SITE_B_ID, pair.pool, "ctl-born-here")
     here_version = object_version(pair, pair.pool, f"csi.volume.{born_here.object_uuid}")
     world.apply_pvs(from_a.pv(), born_here.pv())
-    result = apply(world.kube, cluster_id_mapping("one-clusterid", SITE_B_ID))
+    result = apply(world.kube, cluster_id_mapping("one-clusterid", SITE_B_ID), check=False)
     assert result.returncode == 0, result.stderr
     try:
         converged = wait_for_reason(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException as AsyncApiExcepti
 from reconciler.sandbox.errors import DaemonFailed
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.process import pid_alive
+from reconciler.sandbox.site import kubectl
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -64,13 +64,7 @@ def test_warm_start_time_is_within_bounds(kube: KubeSandbox) -> None:
 
 
 def test_kubectl_readyz(kube: KubeSandbox) -> None:
-    done = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.kubeconfig), "get", "--raw", "/readyz"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = kubectl(kube, "get", "--raw", "/readyz", check=False, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 

@@ -24,7 +24,7 @@ from reconciler.sandbox.csidriver import (
 )
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import pid_alive
-from tests.e2e.kubectl import apply, kubectl
+from reconciler.sandbox.site import apply, kubectl
 from tests.e2e.support import report
 from tests.support.csi_replay import objects, omap
 from tests.support.polling import wait_for

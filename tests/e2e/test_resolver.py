@@ -38,6 +38,7 @@ from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import free_port
+from reconciler.sandbox.site import kubectl
 from tests.e2e.support import report
 from tests.support.polling import async_wait_for, wait_for
 
@@ -400,26 +401,14 @@ def test_ceph_csi_service_accounts_resolve_with_config_rbac_csi_and_nothing_more
             wait_for(resolves_later, 10, f"the resolver to see {later} through its watch")
 
         def can(*request: str) -> str:
-            answer = subprocess.run(
-                ["kubectl", "--kubeconfig", str(kubeconfig), "auth", "can-i", *request],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-            return answer.stdout.strip()
+            return kubectl(kubeconfig, "auth", "can-i", *request, check=False).stdout.strip()
 
         assert can("watch", "volumehandlemappings.rbdmirror.csi.ceph.io") == "yes"
         assert can("patch", "volumehandlemappings.rbdmirror.csi.ceph.io") == "no"
         assert can("get", "secrets", "-n", world.namespace) == "no"
         assert can("list", "configmaps", "-n", "kube-system") == "no"
     finally:
-        subprocess.run(
-            ["kubectl", "--kubeconfig", str(kube.kubeconfig), "delete", "-k", str(copy)],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        kubectl(kube, "delete", "-k", str(copy), check=False)
 
 
 def cli(kube: KubeSandbox, world: World, *args: str) -> subprocess.CompletedProcess[str]:
