@@ -109,7 +109,7 @@ bench: setup kube-bins
 	$(PY) bench/bench_runtime.py informer
 	$(PY) bench/bench_resolve.py
 
-demo: setup
+demo: setup kube-bins
 	$(VENV)/bin/rbd-mirror-reconciler sandbox demo
 
 clean:

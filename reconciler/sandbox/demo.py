@@ -179,7 +179,7 @@ def _failover(
         log_dir=base,
         local_cluster_id=SITE_B_ID,
         namespace=NAMESPACE,
-        extra_args=["--cluster-mapping-configmap", DEFAULT_CONFIGMAP],
+        extra_args=["--manage-csi-config"],
     )
     controller.start()
     try:

@@ -52,8 +52,7 @@ def controller_process(kubeconfig: Path, work: Path) -> site.ControllerProcess:
         SITE_B_ID,
         NAMESPACE,
         extra_args=[
-            "--cluster-mapping-configmap",
-            CSI_CONFIG,
+            "--manage-csi-config",
             "--ceph-timeout",
             "5",
             "--leader-elect",
@@ -331,8 +330,28 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
     # ceph-csi on site-b resolves an old site-a handle to site-b, and on failback the reverse.
     assert ceph_csi_resolve(text, SITE_A_ID, pool_a) == (SITE_B_ID, pool_b)
     assert ceph_csi_resolve(text, SITE_B_ID, pool_b) == (SITE_A_ID, pool_a)
+    # config.json: the local entry as it was, and a copy of it under the failed site's clusterID
+    # (ceph-csi looks the handle's clusterID up there before it reads the mapping).
     config_map = get(world.kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}") or {}
-    assert "config.json" in config_map["data"]  # ceph-csi's own key is left alone
+    clusters = json.loads(config_map["data"]["config.json"])
+    assert [c["clusterID"] for c in clusters] == [SITE_B_ID, SITE_A_ID]
+    assert {**clusters[1], "clusterID": SITE_B_ID} == {
+        **clusters[0],
+        "renderedBy": "rbd-mirror-reconciler: ClusterIDMapping site-a-to-b",
+    }
+    annotations = config_map["metadata"]["annotations"]
+    assert json.loads(annotations["rbdmirror.csi.ceph.io/rendered-config-json"]) == [SITE_A_ID]
+
+    def configured() -> dict[str, Any] | None:
+        cidm = get(world.kube, f"{API}/clusteridmappings/site-a-to-b") or {}
+        found = [
+            c
+            for c in (cidm.get("status") or {}).get("conditions") or []
+            if c["type"] == "CephCSIConfigured" and c["status"] == "True"
+        ]
+        return found[0] if found else None
+
+    assert wait_for(configured, CONVERGE, "CephCSIConfigured")["reason"] == "Configured"
 
 
 def pv_variant(
