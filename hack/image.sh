@@ -62,6 +62,10 @@ if ! DOCKER_BUILDKIT=1 "$docker_cli" build \
 	exit 1
 fi
 build_seconds=$((SECONDS - build_started))
+# The data root is a cache kept between runs: drop what earlier builds of this image left behind
+# (untagged images, build cache beyond 1 GB), nothing else.
+"$docker_cli" image prune --force --filter "label=org.opencontainers.image.title=rbd-mirror-reconciler" >/dev/null
+"$docker_cli" builder prune --force --keep-storage 1gb >/dev/null
 
 size=$("$docker_cli" image inspect --format '{{.Size}}' "$tag")
 layers=$("$docker_cli" image inspect --format '{{len .RootFS.Layers}}' "$tag")
