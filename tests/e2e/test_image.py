@@ -64,7 +64,7 @@ PV_NAME = "image-pv"
 POD_NAME = "image-rbd-mirror-reconciler-7d9c5b8f4-x2kq9"
 GROUP_PATH = "/apis/rbdmirror.csi.ceph.io/v1alpha1"
 CONVERGE = 120.0
-#: Debian's docker 20.10 writes the security options it applied into `docker inspect`.
+#: The Pod and container securityContext fields docker_options() translates into docker flags.
 CONFINEMENT_KEYS = {
     "allowPrivilegeEscalation",
     "readOnlyRootFilesystem",
