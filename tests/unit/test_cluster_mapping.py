@@ -12,20 +12,11 @@ from reconciler.controllers.clusterids import MappingSpec, disagreement
 from reconciler.csiconfig import layout
 from reconciler.errors import InvalidConfig
 from reconciler.k8s.conditions import condition, merge_conditions
-
-
-def mapping(name: str, a: str, b: str, *pools: dict[str, Any], **status: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "metadata": {"name": name, "generation": 1},
-        "spec": {"siteA": {"clusterID": a}, "siteB": {"clusterID": b}, "rbdPools": list(pools)},
-    }
-    if status:
-        obj["status"] = {"observedGeneration": 1, **status}
-    return obj
+from tests.unit.conftest import cluster_id_mapping
 
 
 def spec(name: str, a: str, b: str, *pools: dict[str, Any]) -> MappingSpec:
-    return MappingSpec.from_object(mapping(name, a, b, *pools))
+    return MappingSpec.from_object(cluster_id_mapping(name, a, b, *pools))
 
 
 def test_the_same_pair_either_way_round_agrees() -> None:
@@ -60,7 +51,7 @@ def test_disagreements_are_named(other: MappingSpec, why: str) -> None:
 
 def test_rendered_file_is_ceph_csis_format_with_site_a_as_key() -> None:
     ready = [condition("Ready", True, "Mapped", "", 1) | {"lastTransitionTime": "t"}]
-    on_site_b = mapping(
+    on_site_b = cluster_id_mapping(
         "m1",
         "site-a",
         "site-b",
@@ -73,7 +64,7 @@ def test_rendered_file_is_ceph_csis_format_with_site_a_as_key() -> None:
         ],
         conditions=ready,
     )
-    not_ready = mapping("m0", "x", "y", conditions=[{**ready[0], "status": "False"}])
+    not_ready = cluster_id_mapping("m0", "x", "y", conditions=[{**ready[0], "status": "False"}])
     rendered = json.loads(render_cluster_mapping([not_ready, on_site_b]).text)
     assert rendered == [
         {
@@ -86,7 +77,7 @@ def test_rendered_file_is_ceph_csis_format_with_site_a_as_key() -> None:
 
 def test_entries_this_controller_did_not_render_are_kept_as_they_are() -> None:
     ready = [condition("Ready", True, "Mapped", "", 1) | {"lastTransitionTime": "t"}]
-    current = mapping(
+    current = cluster_id_mapping(
         "m1",
         "site-a",
         "site-b",
@@ -134,7 +125,7 @@ LOCAL_ENTRY = {
 
 
 def ready_on_site_b(name: str = "m1", remote: str = "site-a") -> dict[str, Any]:
-    return mapping(
+    return cluster_id_mapping(
         name,
         remote,
         "site-b",

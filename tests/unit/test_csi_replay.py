@@ -9,8 +9,7 @@ import pytest
 
 from reconciler.handle import VolumeHandle
 from tests.support.csi_replay import ceph_csi_handle, reserve
-
-UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
+from tests.unit.conftest import UUID
 
 
 @pytest.mark.parametrize(

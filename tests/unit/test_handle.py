@@ -10,9 +10,9 @@ import pytest
 
 from reconciler.errors import InvalidHandle
 from reconciler.handle import VolumeHandle
+from tests.unit.conftest import UUID
 
 DESIGN_DOC = "0001-0009-rook-ceph-0000000000000002-0c23de1c-18fb-11eb-a903-0242ac110005"
-UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
 
 
 def test_design_doc_example_decodes() -> None:

@@ -11,9 +11,9 @@ from reconciler.cephconn import ImageInfo
 from reconciler.errors import InvalidVolume
 from reconciler.regenerate import LocalCluster, regenerate
 from reconciler.volume import CSIVolume
+from tests.unit.conftest import UUID
 from tests.unit.test_journal_plan import MemoryStore
 
-UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
 OLD_HANDLE = f"0001-0006-site-a-0000000000000009-{UUID}"
 
 

@@ -31,33 +31,27 @@ from reconciler.handle import VolumeHandle
 from reconciler.k8s import Informer, KubeObject, Store
 from reconciler.kinds import VOLUME_HANDLE_MAPPINGS
 from tests.support.polling import async_wait_for
+from tests.unit.conftest import UUID, cluster_id_mapping, condition, volume_handle_mapping
 from tests.unit.listwatch_server import ListWatchServer, serving
 
-UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
 OLD = VolumeHandle("site-a", 2, UUID).encode()
 NEW = VolumeHandle("site-b", 5, UUID).encode()
 SOURCE = "ConfigMap ceph-csi/ceph-csi-config"
 
 
 def ready_condition(status: bool = True, reason: str = "Regenerated") -> dict[str, Any]:
-    return {
-        "type": "Ready",
-        "status": "True" if status else "False",
-        "reason": reason,
-        "message": "why",
-        "observedGeneration": 1,
-        "lastTransitionTime": "2026-11-24T08:00:00Z",
-    }
+    return condition(status, reason, "why")
 
 
 def handle_mapping(
     name: str, old: str = OLD, *, condition: dict[str, Any] | None = None, **status: Any
 ) -> KubeObject:
-    return {
-        "metadata": {"name": name, "generation": 1, "resourceVersion": "7", "uid": "u"},
-        "spec": {"pvName": name, "volumeHandle": old},
-        "status": {
-            "observedGeneration": 1,
+    """A VolumeHandleMapping as the PV controller writes it: Ready, `old` stands for NEW."""
+    return volume_handle_mapping(
+        name,
+        old,
+        resource_version="7",
+        **{
             "newVolumeHandle": NEW,
             "clusterID": "site-b",
             "pool": "replicapool",
@@ -66,9 +60,9 @@ def handle_mapping(
             "journalPool": "replicapool",
             "radosNamespace": "",
             "conditions": [condition or ready_condition()],
-        }
-        | status,
-    }
+            **status,
+        },
+    )
 
 
 def cluster_mapping(
@@ -78,20 +72,19 @@ def cluster_mapping(
     condition: dict[str, Any] | None = None,
     conflicting: bool = False,
 ) -> KubeObject:
-    return {
-        "metadata": {"name": name, "generation": 1},
-        "spec": {"siteA": {"clusterID": remote}, "siteB": {"clusterID": "site-b"}},
-        "status": {
-            "observedGeneration": 1,
-            "localClusterID": "site-b",
-            "remoteClusterID": remote,
-            "rbdPools": list(pools),
-            "conditions": [
-                condition or ready_condition(reason="Mapped"),
-                {**ready_condition(conflicting, "Disagrees"), "type": "Conflicting"},
-            ],
-        },
-    }
+    """A ClusterIDMapping of `remote` to site-b as its reconciler writes it (status `pools`)."""
+    return cluster_id_mapping(
+        name,
+        remote,
+        "site-b",
+        localClusterID="site-b",
+        remoteClusterID=remote,
+        rbdPools=list(pools),
+        conditions=[
+            condition or ready_condition(reason="Mapped"),
+            {**ready_condition(conflicting, "Disagrees"), "type": "Conflicting"},
+        ],
+    )
 
 
 def csi_config(*cluster_ids: str, namespace: str = "") -> LocalClusters:

@@ -6,8 +6,7 @@ import pytest
 
 from reconciler.errors import InvalidVolume
 from reconciler.volume import CSIVolume
-
-UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
+from tests.unit.conftest import UUID
 
 
 def volume(**attributes: str) -> CSIVolume:

@@ -12,106 +12,45 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio.client import ApiClient, Configuration
 
-from reconciler.cephconn import ConnectionPool
-from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
-from reconciler.csiconfig import ConfigKey
-from reconciler.k8s import Event, EventType, Informer, KubeObject
-from reconciler.k8s.events import EventRecorder
-from reconciler.kinds import (
-    CIDM_CLUSTER_INDEX,
-    CLUSTER_ID_MAPPINGS,
-    CONFIG_MAPS,
-    PERSISTENT_VOLUMES,
-    PV_CLUSTER_INDEX,
-    RETRY_ANNOTATION,
-    VHM_HANDLE_INDEX,
-    VOLUME_HANDLE_MAPPINGS,
-    index_cidm_clusters,
-    index_pv_cluster,
-    index_vhm_handle,
-    pv_trimmer,
-)
+from reconciler.controllers.volumes import VolumeReconciler
+from reconciler.k8s import Event, EventType, KubeObject
+from reconciler.kinds import RETRY_ANNOTATION, VHM_HANDLE_INDEX, pv_trimmer
 from reconciler.volume import CSIVolume
-
-LOCAL = "site-b"
-UUID = "0c23de1c-18fb-11eb-a903-0242ac110005"
-
-
-class NoCalls(ApiClient):
-    """An ApiClient that fails the test on any request."""
-
-    async def call_api(self, *args: Any, **kwargs: Any) -> Any:
-        pytest.fail(f"unexpected API call: {args[:2]}")
-
-
-def handle(cluster_id: str, pool_id: int = 2) -> str:
-    return f"0001-{len(cluster_id):04x}-{cluster_id}-{pool_id:016x}-{UUID}"
-
-
-def pv(name: str, cluster_id: str, **csi: Any) -> KubeObject:
-    return {
-        "metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": "1"},
-        "spec": {
-            "claimRef": {"name": f"claim-{name}", "namespace": "apps"},
-            "csi": {
-                "driver": "rbd.csi.ceph.com",
-                "volumeHandle": handle(cluster_id),
-                "volumeAttributes": {"pool": "replicapool"},
-                **csi,
-            },
-        },
-    }
+from tests.unit.conftest import (
+    LOCAL,
+    NoCalls,
+    cluster_id_mapping,
+    condition,
+    handle,
+    pv,
+    volume_handle_mapping,
+    volume_reconciler,
+)
 
 
 def mapping(name: str, site_a: str, *, ready: bool | None, generation: int = 1) -> KubeObject:
-    obj: KubeObject = {
-        "metadata": {"name": name, "generation": generation, "resourceVersion": "1"},
-        "spec": {"siteA": {"clusterID": site_a}, "siteB": {"clusterID": LOCAL}},
-    }
-    if ready is not None:
-        obj["status"] = {
-            "observedGeneration": 1,
-            "localClusterID": LOCAL,
-            "remoteClusterID": site_a,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True" if ready else "False",
-                    "reason": "Mapped" if ready else "Conflicting",
-                    "message": "",
-                    "lastTransitionTime": "t",
-                }
-            ],
-        }
-    return obj
+    """A ClusterIDMapping of `site_a` to this site: not reconciled yet (`ready` None), Ready, or
+    not Ready (Conflicting)."""
+    if ready is None:
+        return cluster_id_mapping(name, site_a, generation=generation)
+    return cluster_id_mapping(
+        name,
+        site_a,
+        generation=generation,
+        localClusterID=LOCAL,
+        remoteClusterID=site_a,
+        conditions=[condition(ready, "Mapped" if ready else "Conflicting")],
+    )
 
 
 @pytest.fixture
 async def reconciler() -> AsyncIterator[VolumeReconciler]:
-    api = NoCalls(Configuration())
-    volumes = Informer(api, PERSISTENT_VOLUMES, indexers={PV_CLUSTER_INDEX: index_pv_cluster})
-    mappings = Informer(
-        api, CLUSTER_ID_MAPPINGS, indexers={CIDM_CLUSTER_INDEX: index_cidm_clusters}
-    )
+    api = NoCalls()
+    reconciler = volume_reconciler(api)
     for obj in (pv("a-1", "site-a"), pv("a-2", "site-a"), pv("c-1", "site-c"), pv("b-1", LOCAL)):
-        volumes.store.upsert(obj)
-    yield VolumeReconciler(
-        api,
-        volumes=volumes,
-        volume_handle_mappings=Informer(
-            api, VOLUME_HANDLE_MAPPINGS, indexers={VHM_HANDLE_INDEX: index_vhm_handle}
-        ),
-        cluster_id_mappings=mappings,
-        csi_config=Informer(api, CONFIG_MAPS, namespace="ceph-csi"),
-        connections=ConnectionPool(),
-        events=EventRecorder(api, "test", "test"),
-        settings=VolumeSettings(
-            local_cluster_id=LOCAL,
-            csi_config=ConfigKey("ceph-csi", "ceph-csi-config", "config.json"),
-        ),
-    )
+        reconciler.volumes.store.upsert(obj)
+    yield reconciler
     await api.close()
 
 
@@ -253,14 +192,7 @@ def test_a_pv_change_outside_the_cached_fields_queues_nothing(
 
 
 def ready_mapping(name: str, volume_handle: str, *, ready: bool = True) -> KubeObject:
-    return {
-        "metadata": {"name": name, "generation": 1},
-        "spec": {"pvName": name, "volumeHandle": volume_handle},
-        "status": {
-            "observedGeneration": 1,
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        },
-    }
+    return volume_handle_mapping(name, volume_handle, conditions=[condition(ready)])
 
 
 def test_pending_volumes_are_remote_pvs_without_a_ready_mapping_for_their_handle(
