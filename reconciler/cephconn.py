@@ -6,16 +6,28 @@ many volumes progress at once over one connection. Every wait is bounded: the mo
 and the OSD operations all time out, so an unreachable site fails within seconds.
 
 Keys are passed to librados in memory (`key` option), never written to disk, and never shown by
-`repr` or in error messages.
+`repr` or in error messages. A key is checked for a CephX key's shape before librados sees it, and
+librados' own log is kept off stderr and out of files: librados logs a key it cannot decode, in
+clear.
+
+librados/librbd exceptions become this package's errors by their real names in Ceph 16.2.15's
+bindings (`PERMISSION_ERRORS`, `UNAVAILABLE_ERRORS`; tests/unit/test_ceph_errors.py checks every
+name against the real modules): permission denied is CephPermissionDenied, a timeout or a lost
+connection CephUnavailable, anything else CephError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import importlib
+import struct
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -24,8 +36,11 @@ from typing import Any, TypeVar
 from reconciler.errors import (
     CephBindingsMissing,
     CephError,
+    CephPermissionDenied,
     CephUnavailable,
     ImageNotFound,
+    InvalidCephKey,
+    ObjectChanged,
     ObjectExists,
     PoolNotFound,
 )
@@ -36,6 +51,93 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_THREADS = 16
 #: Read at most this many omap keys of one object at once (ceph-csi objects hold a handful).
 OMAP_PAGE = 1024
+
+#: Exception classes of Ceph 16.2.15's bindings, by module and real name (`dir(rados)`,
+#: `dir(rbd)`). rados: PermissionError is EPERM (an OSD refusing an op for missing caps),
+#: PermissionDeniedError EACCES (the monitors refusing the key or the user). librbd maps EPERM to
+#: its PermissionError and has no class for EACCES (a plain rbd.OSError): errno catches that.
+PERMISSION_ERRORS = {
+    "rados": ("PermissionError", "PermissionDeniedError"),
+    "rbd": ("PermissionError",),
+}
+PERMISSION_ERRNOS = frozenset({errno.EPERM, errno.EACCES})
+#: Outcomes unknown or no answer at all: librados' ETIMEDOUT is TimedOut, librbd's is Timeout
+#: (there is no rbd.TimedOut); EINTR is InterruptedOrTimeoutError.
+UNAVAILABLE_ERRORS = {
+    "rados": ("TimedOut", "InterruptedOrTimeoutError", "ConnectionShutdown", "NotConnected"),
+    "rbd": ("Timeout", "ConnectionShutdown"),
+}
+UNAVAILABLE_ERRNOS = frozenset({errno.ETIMEDOUT, errno.EINTR, errno.ESHUTDOWN, errno.ENOTCONN})
+#: The base class of each binding's errors (rbd.Error does not derive from rados.Error).
+BASE_ERRORS = {"rados": ("Error",), "rbd": ("Error",)}
+
+#: librados options that keep its own log away from stderr and out of any file. They take effect
+#: only once the context has a cluster name (`clustername` below): without one, librados applies
+#: no option to its log before `connect()` has decoded the key, and prints a key it cannot decode
+#: to stderr.
+QUIET_LOGGING = {
+    "log_to_stderr": "false",
+    "err_to_stderr": "false",
+    "log_to_file": "false",
+    "log_file": "/dev/null",
+    "log_to_syslog": "false",
+    "err_to_syslog": "false",
+}
+CLUSTER_NAME = "ceph"
+
+#: A CephX key as `ceph-authtool --gen-print-key` and `ceph auth get-key` print it: base64 of
+#: le16 type (1 = AES), le32 seconds + le32 nanoseconds created, le16 secret length (16), secret.
+CEPHX_KEY_HEADER = struct.Struct("<HIIH")
+CEPHX_AES = 1
+CEPHX_AES_SECRET_BYTES = 16
+
+
+def cephx_key_problem(key: str) -> str | None:
+    """What makes `key` unusable as a CephX key, or None when it has the shape of one. The answer
+    never quotes the key."""
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return "not base64"
+    if len(raw) < CEPHX_KEY_HEADER.size:
+        return f"{len(raw)} bytes once decoded, a CephX key has {CEPHX_KEY_HEADER.size + 16}"
+    key_type, _, _, secret_len = CEPHX_KEY_HEADER.unpack_from(raw)
+    if key_type != CEPHX_AES:
+        return f"key type {key_type}, a CephX key has type {CEPHX_AES} (AES)"
+    if secret_len != CEPHX_AES_SECRET_BYTES or len(raw) != CEPHX_KEY_HEADER.size + secret_len:
+        return (
+            f"{len(raw)} bytes once decoded, a CephX key has "
+            f"{CEPHX_KEY_HEADER.size + CEPHX_AES_SECRET_BYTES}"
+        )
+    return None
+
+
+def _classes(names: Mapping[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
+    """The named exception classes of the bindings already imported: an exception of a binding
+    that was never imported cannot have been raised."""
+    found: list[type[BaseException]] = []
+    for module_name, class_names in names.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.extend(getattr(module, name) for name in class_names)
+    return tuple(found)
+
+
+def translate(err: BaseException, what: str, *, user: str = "") -> CephError | None:
+    """This package's error for a librados/librbd exception `err` raised while doing `what`;
+    None for anything else."""
+    if not isinstance(err, _classes(BASE_ERRORS)):
+        return None
+    code = getattr(err, "errno", None)
+    if isinstance(err, _classes(PERMISSION_ERRORS)) or code in PERMISSION_ERRNOS:
+        who = f"client.{user}" if user else "the Ceph user"
+        return CephPermissionDenied(
+            f"{what}: permission denied ({type(err).__name__}): {who}'s key or caps do not "
+            "allow it; nothing will change until they do"
+        )
+    if isinstance(err, _classes(UNAVAILABLE_ERRORS)) or code in UNAVAILABLE_ERRNOS:
+        return CephUnavailable(f"{what}: no answer in time ({type(err).__name__}: {err})")
+    return CephError(f"{what}: {type(err).__name__}: {err}")
 
 
 def _import(name: str) -> ModuleType:
@@ -93,10 +195,15 @@ class CephConnection:
 
     async def connect(self) -> None:
         rados = _import("rados")
+        problem = cephx_key_problem(self._credentials.key)
+        if problem is not None:
+            raise InvalidCephKey(self.user, problem)
         seconds = str(max(1, round(self.timeout)))
         client = rados.Rados(
             rados_id=self.user,
+            clustername=CLUSTER_NAME,
             conf={
+                **QUIET_LOGGING,
                 "mon_host": self.mon_host,
                 "key": self._credentials.key,
                 "client_mount_timeout": seconds,
@@ -113,6 +220,11 @@ class CephConnection:
         except (rados.Error, TimeoutError) as err:
             with contextlib.suppress(Exception):
                 client.shutdown()
+            if isinstance(translate(err, "connecting"), CephPermissionDenied):
+                raise CephPermissionDenied(
+                    f"Ceph monitors {self.mon_host} refused client.{self.user} "
+                    f"({type(err).__name__}): a wrong key, an unknown user or no mon caps"
+                ) from err
             raise CephUnavailable(
                 f"cannot connect to Ceph monitors {self.mon_host} as client.{self.user} "
                 f"within {self.timeout:.0f} s: {type(err).__name__}: {err}"
@@ -131,18 +243,18 @@ class CephConnection:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, what: str, fn: Callable[[], T]) -> T:
-        """Run a librados call on the pool's threads and turn its errors into ours."""
+        """Run a librados/librbd call on the pool's threads and turn its errors into ours;
+        rados.ObjectNotFound and rados.ObjectExists pass through for the caller to judge."""
         rados = _import("rados")
         try:
             return await self._call(fn)
-        except rados.TimedOut as err:
-            raise CephUnavailable(
-                f"{what} timed out after {self.timeout:.0f} s on {self.mon_host}"
-            ) from err
-        except rados.Error as err:
-            if isinstance(err, rados.ObjectNotFound | rados.ObjectExists):
+        except (rados.ObjectNotFound, rados.ObjectExists):
+            raise
+        except Exception as err:
+            ours = translate(err, f"{what} on {self.mon_host}", user=self.user)
+            if ours is None:
                 raise
-            raise CephError(f"{what} failed on {self.mon_host}: {err}") from err
+            raise ours from err
 
     def _ioctx(self, pool: str, namespace: str) -> Any:
         """An I/O context per (pool, namespace), opened once; runs on a pool thread."""
@@ -215,22 +327,50 @@ class CephConnection:
         values: Mapping[str, bytes],
         *,
         exclusive_create: bool = False,
+        expect: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Set omap keys in one atomic op, creating the object (exclusively, if asked)."""
+        """Set omap keys in one atomic op, creating the object (exclusively, if asked: else
+        ObjectExists). With `expect`, only if each of its keys still holds that value, an absent
+        key (or object) comparing equal to b"": else ObjectChanged, and nothing is written.
+
+        The comparison is RADOS `omap_cmp` (CEPH_OSD_OP_OMAP_CMP) in the same op as the set, so
+        the OSD checks and writes under one lock. The binding takes the value as `str` and sends
+        `len()` of it in characters, so expected values must be ASCII (ValueError otherwise).
+        """
         rados = _import("rados")
+        expected = [(key, _ascii(key, value)) for key, value in (expect or {}).items()]
 
         def write() -> None:
             ioctx = self._ioctx(pool, namespace)
             with rados.WriteOpCtx() as op:
-                op.new(rados.LIBRADOS_CREATE_EXCLUSIVE if exclusive_create else 0)
+                # Created first (idempotently unless exclusive): the comparisons that follow then
+                # see a missing object as one without keys, instead of failing with ENOENT.
+                op.new(
+                    rados.LIBRADOS_CREATE_EXCLUSIVE
+                    if exclusive_create
+                    else rados.LIBRADOS_CREATE_IDEMPOTENT
+                )
+                for key, value in expected:
+                    op.omap_cmp(key, value, rados.LIBRADOS_CMPXATTR_OP_EQ)
                 if values:
                     ioctx.set_omap(op, tuple(values), tuple(values.values()))
                 ioctx.operate_write_op(op, oid)
 
         try:
-            await self._run(f"writing omap of {oid!r} in pool {pool!r}", write)
+            await self._call(write)
         except rados.ObjectExists as err:
             raise ObjectExists(pool, namespace, oid) from err
+        except Exception as err:
+            # A failed omap_cmp fails the whole op with ECANCELED, for which the binding has no
+            # class of its own (a plain rados.OSError).
+            if expected and isinstance(err, rados.OSError) and err.errno == errno.ECANCELED:
+                raise ObjectChanged(pool, namespace, oid) from err
+            ours = translate(
+                err, f"writing omap of {oid!r} in pool {pool!r} on {self.mon_host}", user=self.user
+            )
+            if ours is None:
+                raise
+            raise ours from err
 
     async def omap_remove(self, pool: str, namespace: str, oid: str, keys: Sequence[str]) -> None:
         rados = _import("rados")
@@ -276,12 +416,14 @@ class CephConnection:
 
         try:
             return await self._run(f"opening image {name!r} in pool {pool!r}", info)
-        except rbd.Error as err:
-            if isinstance(err, rbd.TimedOut):
-                raise CephUnavailable(f"opening image {name!r} timed out") from err
-            raise CephError(f"opening image {name!r} in pool {pool!r}: {err}") from err
         except rados.ObjectNotFound as err:
             raise ImageNotFound(pool, namespace, name) from err
+
+
+def _ascii(key: str, value: bytes) -> str:
+    if not value.isascii():
+        raise ValueError(f"omap_cmp of key {key!r}: the binding can only compare ASCII values")
+    return value.decode("ascii")
 
 
 class ConnectionPool:
@@ -301,8 +443,9 @@ class ConnectionPool:
             self._connections[key] = task
         try:
             return await asyncio.shield(task)
-        except CephError:
-            # A failed attempt is not cached: the next caller tries afresh.
+        except Exception:
+            # A failed attempt (CephError, InvalidCephKey, ...) is not cached: the next caller
+            # tries afresh.
             if self._connections.get(key) is task:
                 del self._connections[key]
             raise

@@ -4,7 +4,8 @@ ReconcilerError
 ├── InvalidInput          bad input only a human can fix (never retried)
 │   ├── InvalidHandle     a volume handle that is not ceph-csi's encoding version 1
 │   ├── InvalidConfig     a malformed ceph-csi config.json entry
-│   └── InvalidVolume     a PV that lacks what regeneration needs
+│   ├── InvalidVolume     a PV that lacks what regeneration needs
+│   └── InvalidCephKey    a key that is not a CephX key (what `ceph auth get-key` prints)
 ├── ClusterNotMapped      no local cluster for a handle's clusterID
 ├── JournalConflict       the journal on Ceph disagrees with the volume; nothing was written
 ├── SecretNotFound        the PV's Secret with the Ceph credentials does not exist (retried)
@@ -13,7 +14,9 @@ ReconcilerError
 └── CephError             talking to Ceph failed
     ├── CephBindingsMissing  Debian's python3-rados/python3-rbd are not importable
     ├── CephUnavailable   monitors unreachable or an operation timed out (retried)
-    ├── ObjectExists      an exclusive create lost to another writer
+    ├── CephPermissionDenied  the Ceph user's key or caps do not allow it (EPERM/EACCES)
+    ├── ObjectExists      an exclusive create lost to another writer (the journal re-plans)
+    ├── ObjectChanged     a conditional write found what it read changed (the journal re-plans)
     ├── PoolNotFound
     ├── ImageNotFound
     └── ImageNotPrimary   the mirrored image is not promoted here (yet): retried
@@ -57,6 +60,16 @@ class InvalidVolume(InvalidInput):
         super().__init__(f"volume {volume}: {problem}")
 
 
+class InvalidCephKey(InvalidInput):
+    """A key that cannot be a CephX key. Says so without showing the key or any part of it."""
+
+    reason = "InvalidCephKey"
+
+    def __init__(self, user: str, problem: str) -> None:
+        self.user = user
+        super().__init__(f"the key of client.{user} is not a CephX key: {problem}")
+
+
 class ClusterNotMapped(ReconcilerError):
     reason = "ClusterNotMapped"
 
@@ -71,7 +84,16 @@ class JournalConflict(ReconcilerError):
 
     reason = "JournalConflict"
 
-    def __init__(self, pool: str, obj: str, key: str, found: str, expected: str) -> None:
+    def __init__(
+        self,
+        pool: str,
+        obj: str,
+        key: str,
+        found: str,
+        expected: str,
+        *,
+        note: str = "nothing was written",
+    ) -> None:
         self.pool = pool
         self.object = obj
         self.key = key
@@ -79,7 +101,7 @@ class JournalConflict(ReconcilerError):
         self.expected = expected
         super().__init__(
             f"journal conflict in pool {pool!r}, object {obj!r}, key {key!r}: "
-            f"found {found!r}, expected {expected!r}; nothing was written"
+            f"found {found!r}, expected {expected!r}; {note}"
         )
 
 
@@ -118,8 +140,11 @@ class CephBindingsMissing(CephError):
 
 
 class ObjectExists(CephError):
+    """Another writer created the object first. The journal re-plans at once (adopting the object
+    or finding a real JournalConflict), so this never ends a reconcile; should it escape, trying
+    again is exactly what helps."""
+
     reason = "ObjectExists"
-    retryable = False
 
     def __init__(self, pool: str, namespace: str, oid: str) -> None:
         self.pool = pool
@@ -128,8 +153,32 @@ class ObjectExists(CephError):
         super().__init__(f"object {oid!r} already exists in pool {pool!r}")
 
 
+class ObjectChanged(CephError):
+    """A conditional write (RADOS omap_cmp in the same op) found a key no longer holding what was
+    read when the write was planned: another writer got there first. Nothing was written by that
+    op; the journal re-plans from what is there now."""
+
+    reason = "ObjectChanged"
+
+    def __init__(self, pool: str, namespace: str, oid: str) -> None:
+        self.pool = pool
+        self.namespace = namespace
+        self.oid = oid
+        super().__init__(
+            f"object {oid!r} in pool {pool!r} changed since it was read: another writer"
+        )
+
+
 class CephUnavailable(CephError):
     reason = "CephUnavailable"
+
+
+class CephPermissionDenied(CephError):
+    """librados/librbd said EPERM or EACCES: a wrong key, an unknown user or missing caps. Trying
+    again cannot help until someone changes the key or the caps."""
+
+    reason = "CephPermissionDenied"
+    retryable = False
 
 
 class PoolNotFound(CephError):

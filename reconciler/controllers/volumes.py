@@ -33,7 +33,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import Histogram
 
-from reconciler.cephconn import ConnectionPool, Credentials
+from reconciler.cephconn import ConnectionPool, Credentials, cephx_key_problem
 from reconciler.controllers.clusterids import (
     MappingSpec,
     mapped_through,
@@ -332,6 +332,12 @@ class VolumeReconciler:
         except (KeyError, binascii.Error, UnicodeDecodeError):
             # Never say more than which keys are expected: the values are secret.
             raise InvalidSecret(namespace, name, "needs base64 keys userID and userKey") from None
+        # Checked before librados sees it (librados logs a key it cannot decode). Surrounding
+        # whitespace is dropped, as ceph-csi's key file drops it.
+        key = key.strip()
+        problem = cephx_key_problem(key)
+        if problem is not None:
+            raise InvalidSecret(namespace, name, f"userKey is not a CephX key: {problem}")
         return Credentials(user, key)
 
     # recording ----------------------------------------------------------------------------------
