@@ -13,21 +13,33 @@ op on one object whole). ceph-csi creates the per-volume object, points the dire
 then sets the object's keys; here the object is created with all its keys in one op and the
 directory key is set last, so a directory key never points at an object without them. A directory
 key whose per-volume object is missing is stale (ceph-csi's check-reservation rule) and is
-overwritten. A run that fails half-way undoes what it wrote, putting back any value it replaced; a
-run killed half-way leaves a state the next plan completes.
+overwritten.
+
+Other writers work on the same journal at the same time: another replica, a stale leader, ceph-csi's
+own regenerator. So every write is conditional on what its plan read: the per-volume object is
+created exclusively, and every other write carries a RADOS `omap_cmp` of each key the plan relied
+on, in the same op (an absent key compares equal to empty). When another writer got there first,
+the op writes nothing and the journal is read again at once and re-planned: the new plan adopts
+what the other writer wrote when it says the same, or raises a real JournalConflict.
+
+Nothing is ever undone. Any state between the writes is one the next plan completes, and anything
+this run wrote may already have been adopted by another writer that read it (a timeout or a
+cancellation does not even say whether a write landed), so removing it could take a Ready volume's
+journal away. A run killed, cancelled or failed half-way leaves a state the next plan completes.
 
 This module knows Ceph objects and nothing of Kubernetes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from reconciler.errors import CephError, JournalConflict
+from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt
+
+from reconciler.errors import JournalConflict, ObjectChanged, ObjectExists
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +59,10 @@ UPDATABLE_KEYS = frozenset({KEY_IMAGEID, KEY_OWNER})
 #: Keys whose mere presence changes what ceph-csi does (encryption, where the journal lives): one
 #: the volume does not call for is a conflict too.
 ABSENCE_MATTERS = (KEY_JOURNALPOOL, KEY_ENCRYPT_KMS, KEY_ENCRYPTION_TYPE)
+#: How many times one `apply` reads the journal again after losing a race to another writer
+#: before it gives up with a JournalConflict. Each lost race means another writer changed the
+#: journal meanwhile; a few in a row mean one that keeps changing it.
+REPLANS = 3
 
 
 class OmapStore(Protocol):
@@ -54,7 +70,9 @@ class OmapStore(Protocol):
 
     async def omap_get(
         self, pool: str, namespace: str, oid: str, keys: Sequence[str] | None = None
-    ) -> dict[str, bytes] | None: ...
+    ) -> dict[str, bytes] | None:
+        """The object's omap (only `keys` if given), or None when the object does not exist."""
+        ...
 
     async def omap_set(
         self,
@@ -64,13 +82,13 @@ class OmapStore(Protocol):
         values: Mapping[str, bytes],
         *,
         exclusive_create: bool = False,
-    ) -> None: ...
-
-    async def omap_remove(
-        self, pool: str, namespace: str, oid: str, keys: Sequence[str]
-    ) -> None: ...
-
-    async def remove_object(self, pool: str, namespace: str, oid: str) -> None: ...
+        expect: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Set `values` in one atomic op that creates the object if missing. With
+        `exclusive_create`, raise ObjectExists instead when it exists. With `expect`, raise
+        ObjectChanged instead unless each key still holds that value (an absent key or object
+        holds b""). `expect` values are ASCII."""
+        ...
 
 
 def directory_object(instance_id: str = DEFAULT_INSTANCE_ID) -> str:
@@ -164,8 +182,9 @@ class OmapWrite:
     values: Mapping[str, str]
     #: Create the object, failing if it exists: what reserves the UUID.
     exclusive_create: bool = False
-    #: The values the keys held when planned, for keys that existed: what an undo puts back.
-    replaced: Mapping[str, str] = field(default_factory=dict)
+    #: What the keys the plan relied on held when it read them (b"" for an absent key): the write
+    #: applies only while they still do.
+    expect: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,20 +209,35 @@ class JournalEntry:
     directory_pool: str
     directory_key: str
     #: The directory keys asked for that exist: the request name's, and the legacy handle key.
-    directory_values: dict[str, str]
+    directory_raw: dict[str, bytes]
     volume_pool: str
     volume_object: str
-    volume_values: dict[str, str] | None
+    #: The per-volume object's omap as stored; None when the object does not exist.
+    volume_raw: dict[str, bytes] | None
+
+    @property
+    def directory_values(self) -> dict[str, str]:
+        return _text(self.directory_raw)
+
+    @property
+    def volume_values(self) -> dict[str, str] | None:
+        return None if self.volume_raw is None else _text(self.volume_raw)
 
     @property
     def directory_value(self) -> str | None:
         return self.directory_values.get(self.directory_key)
 
 
-def _text(values: Mapping[str, bytes] | None) -> dict[str, str] | None:
-    if values is None:
-        return None
+def _text(values: Mapping[str, bytes]) -> dict[str, str]:
     return {k: v.decode(errors="replace") for k, v in values.items()}
+
+
+def _expectation(found: Mapping[str, bytes], keys: Sequence[str]) -> dict[str, bytes]:
+    """What `keys` held when read (b"" when absent), for a write conditional on it. A value that
+    is not ASCII cannot be compared (see OmapStore.omap_set) and is left out: the other keys of
+    the same write still pin the object."""
+    expect = {key: found.get(key, b"") for key in keys}
+    return {key: value for key, value in expect.items() if value.isascii()}
 
 
 class VolumeJournal:
@@ -217,17 +251,17 @@ class VolumeJournal:
         directory_keys = [name_key(r.request_name)]
         if r.legacy_mapping is not None:
             directory_keys.append(name_key(r.legacy_mapping[0]))
-        directory = _text(
-            await self.store.omap_get(r.journal_pool, r.namespace, r.directory, directory_keys)
+        directory = await self.store.omap_get(
+            r.journal_pool, r.namespace, r.directory, directory_keys
         )
         volume = await self.store.omap_get(r.image_pool, r.namespace, r.volume_object)
         return JournalEntry(
             directory_pool=r.journal_pool,
             directory_key=directory_keys[0],
-            directory_values=directory or {},
+            directory_raw=directory or {},
             volume_pool=r.image_pool,
             volume_object=r.volume_object,
-            volume_values=_text(volume),
+            volume_raw=volume,
         )
 
     async def plan(self, reservation: VolumeReservation) -> JournalPlan:
@@ -255,7 +289,7 @@ class VolumeJournal:
                 stale,
                 r.directory_value(),
             )
-        if entry.volume_values is None:
+        if entry.volume_values is None or entry.volume_raw is None:
             plan.writes.append(
                 OmapWrite(r.image_pool, r.volume_object, want_volume, exclusive_create=True)
             )
@@ -277,9 +311,17 @@ class VolumeJournal:
                         r.image_pool, r.volume_object, key, found[key], "<no such key>"
                     )
             if changes:
-                replaced = {key: found[key] for key in changes if key in found}
+                _refuse_incomparable(r.image_pool, r.volume_object, entry.volume_raw, changes)
+                # Conditional on every key this judgement read, not only the changed ones: the
+                # object could be removed and made again meanwhile.
+                relied_on = [*want_volume, *(k for k in ABSENCE_MATTERS if k not in want_volume)]
                 plan.writes.append(
-                    OmapWrite(r.image_pool, r.volume_object, changes, replaced=replaced)
+                    OmapWrite(
+                        r.image_pool,
+                        r.volume_object,
+                        changes,
+                        expect=_expectation(entry.volume_raw, relied_on),
+                    )
                 )
         directory_changes: dict[str, str] = {}
         if entry.directory_value != r.directory_value():
@@ -289,13 +331,16 @@ class VolumeJournal:
             if entry.directory_values.get(name_key(old)) != new:
                 directory_changes[name_key(old)] = new
         if directory_changes:
-            replaced = {
-                key: entry.directory_values[key]
-                for key in directory_changes
-                if key in entry.directory_values
-            }
+            _refuse_incomparable(
+                r.journal_pool, r.directory, entry.directory_raw, directory_changes
+            )
             plan.writes.append(
-                OmapWrite(r.journal_pool, r.directory, directory_changes, replaced=replaced)
+                OmapWrite(
+                    r.journal_pool,
+                    r.directory,
+                    directory_changes,
+                    expect=_expectation(entry.directory_raw, list(directory_changes)),
+                )
             )
         return plan
 
@@ -318,52 +363,95 @@ class VolumeJournal:
         )
         return found is not None
 
-    async def apply(self, plan: JournalPlan) -> None:
-        """Carry out `plan` in order; on failure undo what this call wrote, then re-raise."""
+    async def apply(self, plan: JournalPlan) -> list[str]:
+        """Carry out `plan` in order and return the keys written.
+
+        When another writer got there first (the exclusive create finds the object, or a key
+        the plan read has changed) the journal is read again at once and the new plan applied:
+        it adopts what the other writer wrote, completes it, or raises a real JournalConflict.
+        After REPLANS such re-plans in a row, a JournalConflict. Nothing is undone on any
+        failure (see the module docstring)."""
         r = plan.reservation
-        attempted: list[OmapWrite] = []
-        created_object = False
+        written: list[str] = []
+        current = plan
         try:
-            for write in plan.writes:
-                # Counted before the call: a write that times out may still have been applied.
-                attempted.append(write)
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(REPLANS + 1),
+                retry=retry_if_exception_type((ObjectExists, ObjectChanged)),
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        current = await self._replan(r, written)
+                    await self._apply_once(current, written)
+        except RetryError as gave_up:
+            lost = gave_up.last_attempt.exception()
+            if not isinstance(lost, ObjectExists | ObjectChanged):  # cannot be: retried only those
+                raise
+            write = next(w for w in current.writes if (w.pool, w.oid) == (lost.pool, lost.oid))
+            key, wanted = next(iter(write.values.items()))
+            raise JournalConflict(
+                write.pool,
+                write.oid,
+                key,
+                "<changed by another writer>",
+                wanted,
+                note=f"another writer changed it each of the {REPLANS + 1} times this one read it",
+            ) from lost
+        return written
+
+    async def _replan(self, r: VolumeReservation, written: list[str]) -> JournalPlan:
+        try:
+            return await self.plan(r)
+        except JournalConflict as conflict:
+            if not written:
+                raise
+            raise JournalConflict(
+                conflict.pool,
+                conflict.object,
+                conflict.key,
+                conflict.found,
+                conflict.expected,
+                note=f"this run had written {', '.join(written)} before another writer's change "
+                "showed; they are left in place",
+            ) from conflict
+
+    async def _apply_once(self, plan: JournalPlan, written: list[str]) -> None:
+        r = plan.reservation
+        for write in plan.writes:
+            try:
                 await self.store.omap_set(
                     write.pool,
                     r.namespace,
                     write.oid,
                     {k: v.encode() for k, v in write.values.items()},
                     exclusive_create=write.exclusive_create,
+                    expect=write.expect,
                 )
-                created_object |= write.exclusive_create
-        except BaseException:
-            await self._undo(r, attempted, created_object)
-            raise
+            except (ObjectExists, ObjectChanged):
+                log.info(
+                    "journal of %s: %s/%s changed since it was read (another writer); reading "
+                    "it again",
+                    r.request_name,
+                    write.pool,
+                    write.oid,
+                )
+                raise
+            written.extend(write.values)
 
-    async def _undo(
-        self, r: VolumeReservation, attempted: list[OmapWrite], created_object: bool
-    ) -> None:
-        """ceph-csi's undo rule, in inverse order of the writes, limited to what this run wrote:
-        the object it created is removed, keys it added are removed, and values it replaced (a
-        stale directory key, an old image ID) are put back. An exclusive create that failed made
-        nothing: the object there is someone else's. Each step is tried even if one fails."""
-        log.warning(
-            "reservation of %s failed half-way; undoing what this attempt wrote", r.request_name
-        )
-        for write in reversed(attempted):
-            if write.exclusive_create:
-                if created_object:
-                    with contextlib.suppress(CephError):
-                        await self.store.remove_object(write.pool, r.namespace, write.oid)
-                continue
-            added = [key for key in write.values if key not in write.replaced]
-            if added:
-                with contextlib.suppress(CephError):
-                    await self.store.omap_remove(write.pool, r.namespace, write.oid, added)
-            if write.replaced:
-                with contextlib.suppress(CephError):
-                    await self.store.omap_set(
-                        write.pool,
-                        r.namespace,
-                        write.oid,
-                        {k: v.encode() for k, v in write.replaced.items()},
-                    )
+
+def _refuse_incomparable(
+    pool: str, oid: str, found: Mapping[str, bytes], changes: Mapping[str, str]
+) -> None:
+    """A value this plan would overwrite must be comparable (ASCII, as everything ceph-csi
+    writes): overwriting one that no write can be made conditional on is left to a human."""
+    for key, wanted in changes.items():
+        value = found.get(key, b"")
+        if not value.isascii():
+            raise JournalConflict(
+                pool,
+                oid,
+                key,
+                value.decode(errors="replace"),
+                wanted,
+                note="it is not ASCII, so no write can be made conditional on it: left to a human",
+            )

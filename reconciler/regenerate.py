@@ -153,8 +153,10 @@ async def regenerate(
     r = plan.reservation
     if require_primary and image.mirror_primary is False:
         raise ImageNotPrimary(r.image_pool, r.namespace, r.image_name)
+    written = plan.keys
     if not dry_run and not plan.empty:
-        await VolumeJournal(ceph).apply(plan)
+        # Another writer may get there first: the journal then re-plans, and writes less.
+        written = await VolumeJournal(ceph).apply(plan)
     return Regeneration(
         old_handle=volume.volume_handle,
         new_handle=new_handle,
@@ -165,6 +167,6 @@ async def regenerate(
         journal_pool=r.journal_pool,
         rados_namespace=r.namespace,
         image_primary=image.mirror_primary,
-        written=plan.keys,
+        written=written,
         dry_run=dry_run,
     )
