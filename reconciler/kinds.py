@@ -33,6 +33,8 @@ FIELD_MANAGER = COMPONENT
 CONFLICTING = "Conflicting"
 #: A ClusterIDMapping's condition: ceph-csi's own files have what its old handles need.
 CEPH_CSI_CONFIGURED = "CephCSIConfigured"
+#: A ClusterIDMapping's condition: ceph-csi's own journal regenerator runs beside this controller.
+CEPH_CSI_REGENERATOR = "CephCSIRegenerator"
 
 #: On each VolumeHandleMapping: a digest of its old handle (handles may hold characters a label
 #: cannot), so a CSI-side lookup by old handle is one request selecting one object.

@@ -19,6 +19,7 @@ from reconciler.cli.flags import host_port, positive_float, positive_int
 from reconciler.controllers.cephcsi import CONFIG_FILE, MAPPING_FILE, CephCSIConfigRenderer
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
 from reconciler.controllers.metrics import ProgressCollector, remap_duration_histogram
+from reconciler.controllers.regenerator import RegeneratorWatch
 from reconciler.controllers.volumes import (
     DEFAULT_DRIVER,
     VolumeReconciler,
@@ -332,6 +333,13 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
 
     if config.dry_run:
         return  # the other controllers only write
+    regenerator = RegeneratorWatch(
+        api,
+        namespace=config.csi_config_namespace,
+        driver_name=config.driver_name,
+        on_change=lambda: cidm_controller.enqueue(cluster_id_mappings.store.keys()),
+    )
+    manager.add(regenerator.run)
     cidm_reconciler = ClusterIDMappingReconciler(
         api,
         cluster_id_mappings=cluster_id_mappings,
@@ -341,6 +349,7 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
         local_cluster_id=config.local_cluster_id,
         csi_config_files=config_files,
         layout=config.layout,
+        regenerator=regenerator,
     )
     cidm_controller = manager.controller("clusteridmapping", cidm_reconciler.reconcile)
     cidm_controller.watch(cluster_id_mappings, cidm_reconciler.all_mappings)

@@ -18,6 +18,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from reconciler.controllers.cephcsi import missing_entries
 from reconciler.controllers.clusterids import MappingSpec, disagreement
+from reconciler.controllers.regenerator import RegeneratorWatch
 from reconciler.csiconfig import ConfigKey, CSIConfigLayout
 from reconciler.k8s import Event, Informer, KubeObject, Result
 from reconciler.k8s.apply import server_side_apply
@@ -26,6 +27,7 @@ from reconciler.k8s.events import EventRecorder
 from reconciler.kinds import (
     API_VERSION,
     CEPH_CSI_CONFIGURED,
+    CEPH_CSI_REGENERATOR,
     CIDM_CLUSTER_INDEX,
     CLUSTER_ID_MAPPING_KIND,
     CLUSTER_ID_MAPPINGS,
@@ -50,7 +52,9 @@ class ClusterIDMappingReconciler:
         local_cluster_id: str,
         csi_config_files: tuple[Informer, Informer],
         layout: CSIConfigLayout,
+        regenerator: RegeneratorWatch,
     ) -> None:
+        self.regenerator = regenerator
         self.api_client = api_client
         self.csi_config_files = csi_config_files
         """The informers of the ConfigMaps of ceph-csi's config.json and cluster-mapping.json."""
@@ -120,8 +124,16 @@ class ClusterIDMappingReconciler:
             "rbdPools": self._pools(spec, local, remote) if local else [],
         }
         configured = self._configured({**obj, "status": status}, ready, generation)
+        peer = self.regenerator.state
+        regenerator = condition(
+            CEPH_CSI_REGENERATOR,
+            peer.active,
+            "Running" if peer.active else "NotRunning",
+            peer.message,
+            generation,
+        )
         status["conditions"] = merge_conditions(
-            old_status.get("conditions") or [], [ready, conflicting, configured]
+            old_status.get("conditions") or [], [ready, conflicting, configured, regenerator]
         )
         if status == old_status:
             return None

@@ -89,9 +89,10 @@ class Controller:
         if mapper is None:
             informer.add_handler(lambda event: self.queue.add(event.key))
         else:
-            informer.add_handler(lambda event: self._enqueue_all(mapper(event)))
+            informer.add_handler(lambda event: self.enqueue(mapper(event)))
 
-    def _enqueue_all(self, keys: Iterable[str]) -> None:
+    def enqueue(self, keys: Iterable[str]) -> None:
+        """Reconcile `keys` (again), e.g. when something outside any informer changed."""
         for key in keys:
             self.queue.add(key)
 

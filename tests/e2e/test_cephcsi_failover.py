@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from reconciler.sandbox.csidriver import (
     CSISecrets,
     build_cephcsi,
     config_json,
+    start_journal_regenerator,
 )
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
@@ -97,6 +99,7 @@ class Failover:
     """The real ceph-csi on site-b, started with no configuration of ours."""
     secrets: CSISecrets
     controller: site.ControllerProcess
+    work: Path
 
     def get(self, path: str) -> dict[str, Any]:
         """The object at `path`; {} while it does not exist."""
@@ -197,7 +200,9 @@ def failover(
     controller.start()
     try:
         with driver:
-            yield Failover(ceph_pair, kube, volumes, driver, CSISecrets(CSI_USER, key), controller)
+            yield Failover(
+                ceph_pair, kube, volumes, driver, CSISecrets(CSI_USER, key), controller, work
+            )
     finally:
         controller.stop()
         kubectl(kube, "delete", "pv", *(v.pv_name for v in volumes), "--wait=false")
@@ -316,6 +321,15 @@ def test_old_handles_work_with_the_rook_layout(
         config_map(ROOK_CONFIG[0], {ROOK_CONFIG[1]: json.dumps(local)}),
         config_map(ROOK_MAPPING[0], {ROOK_MAPPING[1]: "[]"}),
     )
+    # ceph-csi's own journal regenerator runs beside it, as its Helm chart deploys it.
+    regenerator = start_journal_regenerator(
+        failover.driver.binary,
+        failover.work / "regenerator",
+        kubeconfig=failover.kube.kubeconfig,
+        namespace=NAMESPACE,
+        config=failover.config_map_key(*HELM[0]) or "[]",
+        cluster_mapping=failover.config_map_key(*HELM[1]),
+    )
     failover.controller.start("--csi-config-layout", "rook")
 
     def completed() -> bool:
@@ -326,11 +340,20 @@ def test_old_handles_work_with_the_rook_layout(
             and len(json.loads(mapping)) == 1
         )
 
+    def regenerator_seen() -> dict[str, Any] | None:
+        found = conditions_of(failover.get(f"{API}/clusteridmappings/{MAPPING}"))
+        seen = found.get("CephCSIRegenerator")
+        return seen if seen and seen["status"] == "True" else None
+
     try:
         wait_for(completed, CONVERGE, "Rook's ConfigMaps completed")
+        seen = wait_for(regenerator_seen, CONVERGE, "CephCSIRegenerator=True")
     except pytest.fail.Exception:
         print(failover.controller.log())
         raise
+    finally:
+        regenerator.stop()
+    assert f"Lease rbd.csi.ceph.com-{NAMESPACE}" in seen["message"]
     failover.feed_driver(ROOK_CONFIG, ROOK_MAPPING)
     volume = failover.volumes[3]
     assert failover.driver.client.expand_volume(volume.old_handle, 2 * GIB, failover.secrets) == (
