@@ -24,11 +24,10 @@ from typing import Any
 
 import grpc
 
+from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import SandboxError
 from reconciler.sandbox.process import Daemon, pid_runs, run
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO / "hack" / "build-cephcsi.sh"
 CSI_SPEC_VERSION = "v1.10.0"  # the CSI spec ceph-csi v3.12.2 vendors
 DRIVER_NAME = "rbd.csi.ceph.com"
 GIB = 1 << 30
@@ -47,9 +46,11 @@ exec "$@"
 """
 
 
-def build_cephcsi(timeout: float = 1800) -> Path:
-    """The cephcsi binary, built first if the cache lacks it (minutes cold, instant warm)."""
-    out = run([str(BUILD_SCRIPT)], timeout=timeout, env={"PYTHON": sys.executable})
+def build_cephcsi(checkout: Checkout, timeout: float = 1800) -> Path:
+    """The cephcsi binary, built first by `checkout`'s hack/build-cephcsi.sh if the cache lacks
+    it (minutes cold, instant warm)."""
+    script = checkout.script("build-cephcsi.sh")
+    out = run([str(script)], timeout=timeout, env={"PYTHON": sys.executable})
     return Path(out.strip().splitlines()[-1])
 
 

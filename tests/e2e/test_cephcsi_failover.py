@@ -160,7 +160,7 @@ def failover(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Failover]:
     work = tmp_path_factory.mktemp("cephcsi-failover")
-    binary = build_cephcsi()
+    binary = build_cephcsi(checkout)
     pool = ceph_pair.pool
     volumes = []
     # Provisioning on site-a: the real CreateVolume, site-a's config only.

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.sandbox.ceph import CSI_USER, CephCluster, SitePair
+from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.csidriver import (
     DRIVER_NAME,
     GIB,
@@ -36,10 +37,10 @@ OWNER = "apps"
 
 
 @pytest.fixture(scope="session")
-def cephcsi_binary(request: pytest.FixtureRequest) -> Path:
+def cephcsi_binary(request: pytest.FixtureRequest, checkout: Checkout) -> Path:
     """ceph-csi v3.12.2 built from its source tarball by hack/build-cephcsi.sh (cached)."""
     began = time.monotonic()
-    binary = build_cephcsi()
+    binary = build_cephcsi(checkout)
     report(request.config, f"\ncephcsi binary ready in {time.monotonic() - began:.1f} s")
     return binary
 
