@@ -126,8 +126,6 @@ class VolumeReservation:
     owner: str = ""
     encryption_kms_id: str = ""
     encryption_type: str = ""
-    #: (old handle, new handle) for the key older ceph-csi releases read; None to skip it.
-    legacy_mapping: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         # Ceph never hands out a negative pool ID, and ceph-csi takes -1 for "no pool": encoding
@@ -208,7 +206,7 @@ class JournalEntry:
 
     directory_pool: str
     directory_key: str
-    #: The directory keys asked for that exist: the request name's, and the legacy handle key.
+    #: The request name's directory key and its value, if it exists.
     directory_raw: dict[str, bytes]
     volume_pool: str
     volume_object: str
@@ -249,8 +247,6 @@ class VolumeJournal:
     async def read(self, reservation: VolumeReservation) -> JournalEntry:
         r = reservation
         directory_keys = [name_key(r.request_name)]
-        if r.legacy_mapping is not None:
-            directory_keys.append(name_key(r.legacy_mapping[0]))
         directory = await self.store.omap_get(
             r.journal_pool, r.namespace, r.directory, directory_keys
         )
@@ -326,10 +322,6 @@ class VolumeJournal:
         directory_changes: dict[str, str] = {}
         if entry.directory_value != r.directory_value():
             directory_changes[entry.directory_key] = r.directory_value()
-        if r.legacy_mapping is not None:
-            old, new = r.legacy_mapping
-            if entry.directory_values.get(name_key(old)) != new:
-                directory_changes[name_key(old)] = new
         if directory_changes:
             _refuse_incomparable(
                 r.journal_pool, r.directory, entry.directory_raw, directory_changes

@@ -80,8 +80,6 @@ async def plan_regeneration(
     ceph: CephAccess,
     volume: CSIVolume,
     local: LocalCluster,
-    *,
-    legacy_handle_key: bool = False,
 ) -> tuple[JournalPlan, ImageInfo, str]:
     """Read the local cluster and plan the journal writes; returns (plan, image, new handle)."""
     old = VolumeHandle.decode(volume.volume_handle)
@@ -124,11 +122,6 @@ async def plan_regeneration(
         owner=volume.claim_namespace,
         encryption_kms_id=kms_id,
         encryption_type=encryption_type,
-        legacy_mapping=(
-            (volume.volume_handle, new_handle)
-            if legacy_handle_key and new_handle != volume.volume_handle
-            else None
-        ),
     )
     return await VolumeJournal(ceph).plan(reservation), image, new_handle
 
@@ -138,7 +131,6 @@ async def regenerate(
     volume: CSIVolume,
     local: LocalCluster,
     *,
-    legacy_handle_key: bool = False,
     dry_run: bool = False,
     require_primary: bool = False,
 ) -> Regeneration:
@@ -147,9 +139,7 @@ async def regenerate(
     With `require_primary`, a mirrored image that is not primary here raises ImageNotPrimary
     before anything is written (the controller waits for the promotion; an admin may not).
     """
-    plan, image, new_handle = await plan_regeneration(
-        ceph, volume, local, legacy_handle_key=legacy_handle_key
-    )
+    plan, image, new_handle = await plan_regeneration(ceph, volume, local)
     r = plan.reservation
     if require_primary and image.mirror_primary is False:
         raise ImageNotPrimary(r.image_pool, r.namespace, r.image_name)

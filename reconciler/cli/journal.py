@@ -52,12 +52,6 @@ def register(commands: Any) -> None:
         help="ceph-csi's --instanceid (default %(default)s)",
     )
     regen.add_argument("--dry-run", action="store_true", help="plan only; write nothing")
-    regen.add_argument(
-        "--legacy-handle-key",
-        action="store_true",
-        help="also write csi.volume.<old handle> -> <new handle> for ceph-csi "
-        "releases that still read it",
-    )
     add_ceph_flags(regen)
     regen.set_defaults(func=cmd_regenerate)
 
@@ -84,7 +78,6 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
                 ceph,
                 volume,
                 local,
-                legacy_handle_key=args.legacy_handle_key,
                 dry_run=args.dry_run,
             ),
         )

@@ -108,8 +108,6 @@ class VolumeSettings:
     driver_name: str = DEFAULT_DRIVER
     instance_id: str = DEFAULT_INSTANCE_ID
     """ceph-csi's --instanceid: names the journal's directory object."""
-    legacy_handle_key: bool = False
-    """Also write csi.volume.<old handle> -> <new handle> for older ceph-csi releases."""
     dry_run: bool = False
     """Plan against Ceph and log; write nothing to Ceph or the API server."""
 
@@ -278,7 +276,6 @@ class VolumeReconciler:
             ceph,
             volume,
             LocalCluster(local.cluster_id, local.rados_namespace, self.settings.instance_id),
-            legacy_handle_key=self.settings.legacy_handle_key,
             dry_run=self.settings.dry_run,
             require_primary=True,
         )

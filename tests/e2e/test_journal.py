@@ -186,14 +186,14 @@ async def test_conflicting_directory_key_writes_nothing(
     assert (conflict.value.found, conflict.value.expected) == (other_uuid, volume.object_uuid)
     assert "nothing was written" in str(conflict.value)
     assert journal_snapshot(ceph_pair, volume.pool) == before
-    # Once the stray reservation is gone the same volume regenerates, with the legacy key as asked.
+    # Once the stray reservation is gone the same volume regenerates.
     ceph_pair.site_b.rados(
         volume.pool, "rmomapkey", "csi.volumes.default", f"csi.volume.{volume.pv_name}"
     )
     ceph_pair.site_b.rados(volume.pool, "rm", f"csi.volume.{other_uuid}")
-    done = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B, legacy_handle_key=True)
+    await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
     directory = csi_replay.omap(ceph_pair.site_b, volume.pool, "csi.volumes.default") or {}
-    assert directory[f"csi.volume.{volume.handle}"] == done.new_handle.encode()
+    assert directory[f"csi.volume.{volume.pv_name}"] == volume.object_uuid.encode()
 
 
 async def test_a_stale_directory_key_is_replaced_and_the_reservation_redone(
@@ -380,8 +380,8 @@ async def test_a_crash_after_any_write_is_repaired_by_the_next_run(
 
     crashing = CrashAfter(site_b, writes_before_crash)
     with pytest.raises(ConnectionAbortedError):
-        await regenerate(crashing, pv, SITE_B, legacy_handle_key=True)  # type: ignore[arg-type]
-    result = await regenerate(site_b, pv, SITE_B, legacy_handle_key=True)
+        await regenerate(crashing, pv, SITE_B)  # type: ignore[arg-type]
+    await regenerate(site_b, pv, SITE_B)
 
     after = journal_snapshot(ceph_pair, volume.pool)
     volume_object = f"csi.volume.{volume.object_uuid}"
@@ -391,12 +391,11 @@ async def test_a_crash_after_any_write_is_repaired_by_the_next_run(
     directory_after = after["csi.volumes.default"] or {}
     assert {k: v for k, v in directory_after.items() if k not in directory_before} == {
         f"csi.volume.{volume.pv_name}": volume.object_uuid.encode(),
-        f"csi.volume.{volume.handle}": result.new_handle.encode(),
     }
     assert {k: after[k] for k in before if k not in (volume_object, "csi.volumes.default")} == {
         k: v for k, v in before.items() if k not in (volume_object, "csi.volumes.default")
     }
-    assert (await regenerate(site_b, pv, SITE_B, legacy_handle_key=True)).written == []
+    assert (await regenerate(site_b, pv, SITE_B)).written == []
 
 
 async def test_a_failed_directory_write_leaves_what_the_next_run_completes(

@@ -261,16 +261,6 @@ async def test_a_failed_run_leaves_what_it_updated(applied: bool) -> None:
     assert store.objects[DIRECTORY] == {"csi.volume.pvc-1": UUID.encode()}
 
 
-async def test_legacy_key_goes_with_the_directory_key_in_one_write() -> None:
-    store = MemoryStore()
-    r = replace(RESERVATION, legacy_mapping=("old-handle", "new-handle"))
-    plan = await VolumeJournal(store).plan(r)
-    assert [dict(w.values) for w in plan.writes][-1] == {
-        "csi.volume.pvc-1": UUID,
-        "csi.volume.old-handle": "new-handle",
-    }
-
-
 # Two writers on one journal: another replica, a stale leader, ceph-csi's own regenerator. -------
 
 
