@@ -419,6 +419,19 @@ class CephConnection:
         except rados.ObjectNotFound as err:
             raise ImageNotFound(pool, namespace, name) from err
 
+    async def run_with(
+        self, what: str, fn: Callable[[Any], T], pool: str | None = None, namespace: str = ""
+    ) -> T:
+        """`fn(handle)` on this connection's threads, errors translated as for every call here:
+        `handle` is the I/O context of (`pool`, `namespace`) (PoolNotFound if it does not exist),
+        or the `rados.Rados` client when `pool` is None. For the reads the methods above do not
+        cover: pool-level mirror listings, image snapshots, mon commands (reconciler.mirror)."""
+
+        def work() -> T:
+            return fn(self._rados if pool is None else self._ioctx(pool, namespace))
+
+        return await self._run(what, work)
+
 
 def _ascii(key: str, value: bytes) -> str:
     if not value.isascii():
