@@ -10,6 +10,11 @@ Keys are passed to librados in memory (`key` option), never written to disk, and
 librados' own log is kept off stderr and out of files: librados logs a key it cannot decode, in
 clear.
 
+Connections do not outlive their use: the pool closes one unused for `idle_timeout` seconds, and
+the connections of a user's old key once a new key of that user connects (a rotated key). Closing
+waits for the librados calls still running on the connection's threads (bounded): librados shut
+down under a running call crashes the process.
+
 librados/librbd exceptions become this package's errors by their real names in Ceph 16.2.15's
 bindings (`PERMISSION_ERRORS`, `UNAVAILABLE_ERRORS`; tests/unit/test_ceph_errors.py checks every
 name against the real modules): permission denied is CephPermissionDenied, a timeout or a lost
@@ -26,8 +31,10 @@ import contextlib
 import errno
 import hashlib
 import importlib
+import logging
 import struct
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -47,8 +54,12 @@ from reconciler.errors import (
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_THREADS = 16
+#: A connection unused for this long is closed (its threads and sockets go with it).
+DEFAULT_IDLE_TIMEOUT = 300.0
 #: Read at most this many omap keys of one object at once (ceph-csi objects hold a handful).
 OMAP_PAGE = 1024
 
@@ -172,10 +183,16 @@ class ImageInfo:
 
 
 class CephConnection:
-    """One connected librados client. Use through `ConnectionPool`; close with `close()`."""
+    """One connected librados client. Use through `ConnectionPool`; close with `aclose()` (or,
+    outside an event loop, `close()`)."""
 
     def __init__(
-        self, mon_host: str, credentials: Credentials, timeout: float, threads: int
+        self,
+        mon_host: str,
+        credentials: Credentials,
+        timeout: float,
+        threads: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.mon_host = mon_host
         self.user = credentials.user
@@ -186,12 +203,36 @@ class CephConnection:
         )
         self._rados: Any = None
         self._ioctxs: dict[tuple[str, str], Any] = {}
+        # The calls handed to the threads and not finished yet (a cancelled await does not stop
+        # a librados call): closing waits for them before it shuts librados down.
+        self._inflight: set[concurrent.futures.Future[Any]] = set()
+        self._closed = False
+        self._shut = False
+        self._clock = clock
+        self.last_used = clock()
+        """When a call last started or ended (`clock` seconds): the pool closes idle ones."""
 
     def __repr__(self) -> str:
         return f"CephConnection(mon_host={self.mon_host!r}, user={self.user!r})"
 
+    @property
+    def busy(self) -> int:
+        """Calls handed to the threads that have not finished (running or queued)."""
+        return sum(not future.done() for future in list(self._inflight))
+
     async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        if self._closed:
+            raise CephUnavailable(
+                f"the connection to {self.mon_host} as client.{self.user} was closed"
+            )
+        future = self._executor.submit(fn)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        self.last_used = self._clock()
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            self.last_used = self._clock()
 
     async def connect(self) -> None:
         rados = _import("rados")
@@ -211,6 +252,8 @@ class CephConnection:
                 "rados_osd_op_timeout": seconds,
             },
         )
+        # Held from here, so that closing shuts it down, also mid-connect (once connect returns).
+        self._rados = client
 
         def connect() -> None:
             client.connect()
@@ -218,8 +261,8 @@ class CephConnection:
         try:
             await asyncio.wait_for(self._call(connect), self.timeout + 5)
         except (rados.Error, TimeoutError) as err:
-            with contextlib.suppress(Exception):
-                client.shutdown()
+            # The connect call may still be running on its thread: closing waits for it.
+            await self.aclose()
             if isinstance(translate(err, "connecting"), CephPermissionDenied):
                 raise CephPermissionDenied(
                     f"Ceph monitors {self.mon_host} refused client.{self.user} "
@@ -229,9 +272,41 @@ class CephConnection:
                 f"cannot connect to Ceph monitors {self.mon_host} as client.{self.user} "
                 f"within {self.timeout:.0f} s: {type(err).__name__}: {err}"
             ) from err
-        self._rados = client
 
-    def close(self) -> None:
+    async def aclose(self, grace: float | None = None) -> None:
+        """Refuse new calls, wait up to `grace` seconds (default: the operation timeout) for
+        those still running, then shut librados down. Calls still running after that keep the
+        client: it is left as it is, since librados shut down under a call crashes the process."""
+        self._closed = True
+        pending = [future for future in list(self._inflight) if not future.done()]
+        if pending:
+            await asyncio.wait(
+                [asyncio.wrap_future(future) for future in pending],
+                timeout=self.timeout if grace is None else grace,
+            )
+        self._shut_down()
+
+    def close(self, grace: float | None = None) -> None:
+        """`aclose()` for callers without an event loop: blocks while it waits."""
+        self._closed = True
+        pending = [future for future in list(self._inflight) if not future.done()]
+        if pending:
+            concurrent.futures.wait(pending, timeout=self.timeout if grace is None else grace)
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        if self._shut:
+            return
+        busy = self.busy
+        if busy:
+            log.warning(
+                "librados calls still running on a closed Ceph connection: its client is left "
+                "as it is rather than shut down under them",
+                extra={"mon_host": self.mon_host, "user": self.user, "calls": busy},
+            )
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            return
+        self._shut = True
         for ioctx in self._ioctxs.values():
             with contextlib.suppress(Exception):
                 ioctx.close()
@@ -440,12 +515,28 @@ def _ascii(key: str, value: bytes) -> str:
 
 
 class ConnectionPool:
-    """One `CephConnection` per (monitors, user, key), shared by every caller."""
+    """One `CephConnection` per (monitors, user, key), shared by every caller.
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, threads: int = DEFAULT_THREADS) -> None:
+    A connection unused for `idle_timeout` seconds is closed, and so are the connections of a
+    user's other keys once a new key of that user connects to the same monitors: Ceph keeps one
+    key per user, so a new one that works means the old one was rotated. Closing happens in the
+    background and waits for the calls still running (`CephConnection.aclose`).
+    """
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        threads: int = DEFAULT_THREADS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.timeout = timeout
         self.threads = threads
+        self.idle_timeout = idle_timeout
+        self._clock = clock
         self._connections: dict[tuple[str, str, str], asyncio.Task[CephConnection]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
 
     async def get(self, mon_host: str, credentials: Credentials) -> CephConnection:
         key = (mon_host, credentials.user, credentials.fingerprint())
@@ -455,33 +546,84 @@ class ConnectionPool:
             task = asyncio.ensure_future(self._open(mon_host, credentials))
             self._connections[key] = task
         try:
-            return await asyncio.shield(task)
+            connection = await asyncio.shield(task)
         except Exception:
             # A failed attempt (CephError, InvalidCephKey, ...) is not cached: the next caller
             # tries afresh.
             if self._connections.get(key) is task:
                 del self._connections[key]
             raise
+        connection.last_used = self._clock()
+        self.evict(fresh=key)
+        self._start_reaper()
+        return connection
 
     async def _open(self, mon_host: str, credentials: Credentials) -> CephConnection:
-        connection = CephConnection(mon_host, credentials, self.timeout, self.threads)
+        connection = CephConnection(
+            mon_host, credentials, self.timeout, self.threads, clock=self._clock
+        )
         try:
             await connection.connect()
         except BaseException:
-            connection.close()
+            await connection.aclose()
             raise
         return connection
+
+    def evict(self, fresh: tuple[str, str, str] | None = None) -> int:
+        """Close (in the background) the connections idle for `idle_timeout` and without a call
+        running, and, given the key `fresh` of a connection that just served, the others of its
+        monitors and user: their key was rotated. Returns how many were closed."""
+        now = self._clock()
+        evicted = 0
+        for key, task in list(self._connections.items()):
+            if key == fresh or not task.done() or task.cancelled() or task.exception():
+                continue
+            connection = task.result()
+            rotated = fresh is not None and key[:2] == fresh[:2]
+            idle = not connection.busy and now - connection.last_used >= self.idle_timeout
+            if rotated or idle:
+                del self._connections[key]
+                log.info(
+                    "closing a Ceph connection",
+                    extra={
+                        "mon_host": key[0],
+                        "user": key[1],
+                        "why": "its user's key was rotated" if rotated else "unused",
+                    },
+                )
+                closing = asyncio.create_task(connection.aclose())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+                evicted += 1
+        return evicted
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name="ceph-connection-reaper")
+
+    async def _reap(self) -> None:
+        """Evict idle connections while there are any (the next `get` starts it again)."""
+        while self._connections:
+            await asyncio.sleep(max(self.idle_timeout / 2, 0.01))
+            self.evict()
 
     def __len__(self) -> int:
         return len(self._connections)
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
         tasks = list(self._connections.values())
         self._connections.clear()
+        closing: list[Any] = list(self._closing)
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().close()
+                closing.append(task.result().aclose())
             else:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+        await asyncio.gather(*closing, return_exceptions=True)
