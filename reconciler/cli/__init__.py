@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from reconciler import __version__
-from reconciler.cli import handle, journal, resolve, run, sandbox
+from reconciler.cli import exporter, handle, journal, resolve, run, sandbox
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    exporter.register(commands)
     handle.register(commands)
     journal.register(commands)
     resolve.register(commands)
