@@ -23,6 +23,7 @@ ALERTS = {
     "RBDMirrorClusterIDMappingConflict",
     "RBDMirrorReconcilerTerminalErrors",
     "RBDMirrorReconcilerProgressAbsent",
+    "RBDMirrorImageLagOverRPO",
 }
 
 
