@@ -5,10 +5,14 @@ ReconcilerError
 │   ├── InvalidHandle     a volume handle that is not ceph-csi's encoding version 1
 │   ├── InvalidConfig     a malformed ceph-csi config.json entry
 │   ├── InvalidVolume     a PV that lacks what regeneration needs
+│   ├── VolumeHandleTooLong  a handle longer than a VolumeHandleMapping can hold
 │   └── InvalidCephKey    a key that is not a CephX key (what `ceph auth get-key` prints)
 ├── ClusterNotMapped      no local cluster for a handle's clusterID
+│   └── MappingConflicting  only a conflicting mapping maps it: it serves what it served, no more
+├── PoolNotMapped         the PV's pool is not among the pools its ClusterIDMappings name
 ├── JournalConflict       the journal on Ceph disagrees with the volume; nothing was written
 ├── SecretNotFound        the PV's Secret with the Ceph credentials does not exist (retried)
+├── SecretForbidden       the controller may not read that Secret (403)
 ├── InvalidSecret         that Secret lacks base64 userID and userKey (retried)
 ├── CSIConfigUnavailable  ceph-csi-config is missing or unusable (retried)
 └── CephError             talking to Ceph failed
@@ -60,6 +64,22 @@ class InvalidVolume(InvalidInput):
         super().__init__(f"volume {volume}: {problem}")
 
 
+class VolumeHandleTooLong(InvalidInput):
+    """A PV's handle longer than a VolumeHandleMapping's spec may hold (the API server would refuse
+    the mapping with 422). ceph-csi's own handles are at most 128 bytes. Says so without quoting
+    more than the handle's start."""
+
+    reason = "VolumeHandleTooLong"
+
+    def __init__(self, volume: str, length: int, limit: int, start: str) -> None:
+        self.volume = volume
+        self.length = length
+        super().__init__(
+            f"volume {volume}: its handle ({start!r}...) is {length} bytes long; a "
+            f"VolumeHandleMapping holds at most {limit} and ceph-csi's handles are at most 128"
+        )
+
+
 class InvalidCephKey(InvalidInput):
     """A key that cannot be a CephX key. Says so without showing the key or any part of it."""
 
@@ -77,6 +97,35 @@ class ClusterNotMapped(ReconcilerError):
         self.cluster_id = cluster_id
         suffix = f": {detail}" if detail else ""
         super().__init__(f"clusterID {cluster_id!r} is neither local nor mapped{suffix}")
+
+
+class MappingConflicting(ClusterNotMapped):
+    """The only Ready mappings of a clusterID conflict with another mapping: they keep serving the
+    volumes remapped through them, but map no new one until the conflict is resolved."""
+
+    reason = "MappingConflicting"
+
+    def __init__(self, cluster_id: str, detail: str = "") -> None:
+        self.cluster_id = cluster_id
+        suffix = f": {detail}" if detail else ""
+        ReconcilerError.__init__(
+            self, f"clusterID {cluster_id!r} is mapped only by conflicting mappings{suffix}"
+        )
+
+
+class PoolNotMapped(ReconcilerError):
+    """A PV's pool or journalPool that no ClusterIDMapping it is mapped through lists in
+    spec.rbdPools: whoever can create a PV must not direct journal writes into any pool the CSI
+    user may write. Retried when a mapping changes."""
+
+    reason = "PoolNotMapped"
+
+    def __init__(self, volume: str, attribute: str, pool: str, mappings: str) -> None:
+        self.pool = pool
+        super().__init__(
+            f"volume {volume}: {attribute} {pool!r} is not among the rbdPools of {mappings}; "
+            "nothing was written (add the pool there if its volumes fail over too)"
+        )
 
 
 class JournalConflict(ReconcilerError):
@@ -112,6 +161,20 @@ class SecretNotFound(ReconcilerError):
 
     def __init__(self, namespace: str, name: str) -> None:
         super().__init__(f"Secret {namespace}/{name} with the Ceph credentials does not exist")
+
+
+class SecretForbidden(ReconcilerError):
+    """The API server refused to let the controller read the PV's Secret (403): its Role grants
+    Secrets in ceph-csi's namespace only. Not retried until the PV changes or is annotated for a
+    retry, since only a human can grant access (or point the PV at a readable Secret)."""
+
+    reason = "SecretForbidden"
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(
+            f"the controller may not read Secret {namespace}/{name} (403 Forbidden): its Role "
+            "grants the Secrets of ceph-csi's namespace only"
+        )
 
 
 class InvalidSecret(ReconcilerError):
