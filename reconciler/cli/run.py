@@ -326,6 +326,8 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
         # Their reason is on the VolumeHandleMapping already; no traceback in the log.
         settings=ControllerSettings(workers=config.workers, expected_errors=(ReconcilerError,)),
     )
+    # The PVs about to be reconciled: a burst makes listing a pool's images worth it.
+    pv_reconciler.backlog = lambda: len(pv_controller.queue) + config.workers
     pv_controller.watch(volumes, pv_reconciler.volume_if_changed)
     pv_controller.watch(cluster_id_mappings, pv_reconciler.volumes_of_mapping)
     pv_controller.watch(volume_handle_mappings, pv_reconciler.volume_of_deleted_mapping)

@@ -27,12 +27,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import Histogram
 
+from reconciler.catalog import ImageCatalog
 from reconciler.cephconn import ConnectionPool, Credentials, cephx_key_problem
 from reconciler.controllers.clusterids import (
     MappingSpec,
@@ -42,9 +44,11 @@ from reconciler.controllers.clusterids import (
     reconciled,
     usability,
 )
+from reconciler.controllers.credentials import CredentialsCache
 from reconciler.controllers.metrics import age_seconds
 from reconciler.csiconfig import ClusterConfig, ConfigKey, CSIConfig
 from reconciler.errors import (
+    CephPermissionDenied,
     CSIConfigUnavailable,
     InvalidInput,
     InvalidSecret,
@@ -137,6 +141,11 @@ class VolumeReconciler:
         self.remap_duration = remap_duration
         # (resourceVersion, parsed): ceph-csi-config is parsed once per change, not per PV.
         self._parsed_config: tuple[str, CSIConfig] | None = None
+        # A burst of PVs reads each Secret once and each pool's images once (their modules).
+        self.credentials = CredentialsCache()
+        self.catalog = ImageCatalog()
+        self.backlog: Callable[[], int] = lambda: 0
+        """How many PVs are about to be reconciled (`run` sets it to the work queue's depth)."""
 
     # event -> keys ------------------------------------------------------------------------------
 
@@ -271,9 +280,14 @@ class VolumeReconciler:
     async def _regenerate(self, volume: CSIVolume) -> Regeneration:
         local = self._local_config()
         credentials = await self._credentials(volume)
-        ceph = await self.connections.get(local.mon_host, credentials)
+        try:
+            ceph = await self.connections.get(local.mon_host, credentials)
+        except CephPermissionDenied:
+            if volume.secret_ref is not None:  # the key may have been rotated: read it again
+                self.credentials.forget(volume.secret_ref[1], volume.secret_ref[0])
+            raise
         return await regenerate(
-            ceph,
+            self.catalog.view(ceph, local.mon_host, self.backlog),
             volume,
             LocalCluster(local.cluster_id, local.rados_namespace, self.settings.instance_id),
             dry_run=self.settings.dry_run,
@@ -314,6 +328,9 @@ class VolumeReconciler:
         name, namespace = volume.secret_ref
         if not namespace:
             raise InvalidVolume(volume.pv_name, f"the Secret reference {name!r} has no namespace")
+        return await self.credentials.get(namespace, name, self._read_secret)
+
+    async def _read_secret(self, namespace: str, name: str) -> Credentials:
         try:
             secret = await request_json(
                 self.api_client, "GET", SECRETS.object_path(name, namespace)

@@ -15,6 +15,7 @@ import pytest
 from reconciler import cephconn
 from reconciler.cephconn import ConnectionPool, Credentials, cephx_key_problem
 from reconciler.controllers import volumes
+from reconciler.controllers.credentials import CredentialsCache
 from reconciler.controllers.volumes import VolumeReconciler
 from reconciler.errors import CephUnavailable, InvalidCephKey, InvalidSecret
 from reconciler.volume import CSIVolume
@@ -121,6 +122,7 @@ def reconciler_reading(monkeypatch: pytest.MonkeyPatch, stored: dict[str, Any]) 
     monkeypatch.setattr(volumes, "request_json", request_json)
     reconciler = object.__new__(VolumeReconciler)
     reconciler.api_client = None  # type: ignore[assignment]
+    reconciler.credentials = CredentialsCache()
     return reconciler
 
 

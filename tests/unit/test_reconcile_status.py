@@ -200,8 +200,10 @@ async def test_a_regenerated_volume_is_ready_and_keeps_its_new_handle_through_an
     assert copy.deepcopy(ceph.objects) == journal
 
     # A transient failure of the same handle: not Ready, but the CSI side still finds the new
-    # handle in the status while the Secret is back on its way.
+    # handle in the status while the Secret is back on its way. (The Secret's credentials are
+    # reused for a while: the deletion is seen once they are read again.)
     del api.objects[SECRET_PATH]
+    reconciler.credentials.forget(CSI_NAMESPACE, SECRET)
     with pytest.raises(SecretNotFound):
         await reconciler.reconcile("pv-1")
     [outage] = api.status_applies()
