@@ -9,6 +9,7 @@ that is shedding load (or still initialising its storage) is waited for instead 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
+from yarl import URL
 
 from reconciler.k8s.errors import ApiStatusError
 from reconciler.k8s.ratelimit import TokenBucket
@@ -68,6 +71,7 @@ class RateLimitedApiClient(ApiClient):
             sock_read=settings.read_timeout,
         )
         self.throttled_total = 0
+        trust_environment_once(self)
 
     async def close(self) -> None:
         await super().close()
@@ -121,6 +125,27 @@ class RateLimitedApiClient(ApiClient):
             )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def trust_environment_once(api_client: ApiClient) -> None:
+    """Resolve the proxy from the environment once, not for every request.
+
+    kubernetes-asyncio's session trusts the environment, so aiohttp looks up the proxy variables
+    and reads ~/.netrc on two extra threads for every request: 6% of a failover's CPU, and two
+    thread hops of latency per call. The proxy (HTTPS_PROXY, NO_PROXY, ...) is taken once here
+    for the API server's address; netrc never applied (every request carries its own
+    Authorization, and aiohttp refuses netrc credentials beside it).
+    """
+    rest: Any = api_client.rest_client
+    if rest.proxy is None and api_client.configuration.host:
+        with contextlib.suppress(LookupError):
+            proxy, proxy_auth = get_env_proxy_for_url(URL(api_client.configuration.host))
+            rest.proxy = str(proxy)
+            if proxy_auth is not None:
+                rest.proxy_headers = {"Proxy-Authorization": proxy_auth.encode()}
+    session = rest.pool_manager
+    if hasattr(session, "_trust_env"):
+        session._trust_env = False
 
 
 async def status_error(path: str, response: aiohttp.ClientResponse) -> ApiStatusError:

@@ -137,3 +137,23 @@ async def test_health_server_answers_healthz_readyz_and_metrics() -> None:
     finally:
         await server.stop()
     assert 'controller_runtime_max_concurrent_reconciles{controller="demo"} 2.0' in text
+
+
+async def test_the_proxy_is_taken_from_the_environment_once_and_netrc_never_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    configuration = Configuration(host="https://api.example:6443")
+    api = RateLimitedApiClient(configuration, ApiSettings())
+    try:
+        assert api.rest_client.proxy == "http://proxy.example:3128"
+        assert api.rest_client.pool_manager.trust_env is False
+    finally:
+        await api.close()
+    monkeypatch.setenv("NO_PROXY", "api.example")
+    bypassed = RateLimitedApiClient(configuration, ApiSettings())
+    try:
+        assert bypassed.rest_client.proxy is None
+    finally:
+        await bypassed.close()
