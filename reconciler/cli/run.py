@@ -299,6 +299,7 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
         config_map_informer(manager, where.cluster_mapping.namespace, where.cluster_mapping.name),
     )
     events = EventRecorder(api, COMPONENT, config.identity)
+    manager.add(events.run)  # posts the summaries of bursts of similar Events
     registry = manager.metrics.registry
 
     pv_reconciler = VolumeReconciler(
