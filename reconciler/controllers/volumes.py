@@ -24,10 +24,11 @@ logs, Events, status or metrics.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,23 +39,34 @@ from reconciler.catalog import ImageCatalog
 from reconciler.cephconn import ConnectionPool, Credentials, cephx_key_problem
 from reconciler.controllers.clusterids import (
     MappingSpec,
+    check_pools,
     mapped_through,
     mapping_pending,
     maps_within,
     reconciled,
     usability,
+    why_not_selected,
 )
 from reconciler.controllers.credentials import CredentialsCache
 from reconciler.controllers.metrics import age_seconds
 from reconciler.csiconfig import ClusterConfig, ConfigKey, CSIConfig
 from reconciler.errors import (
+    CephBindingsMissing,
+    CephError,
     CephPermissionDenied,
+    CephUnavailable,
     CSIConfigUnavailable,
+    InvalidCephKey,
     InvalidInput,
     InvalidSecret,
     InvalidVolume,
+    MappingConflicting,
+    ObjectChanged,
+    ObjectExists,
     ReconcilerError,
+    SecretForbidden,
     SecretNotFound,
+    VolumeHandleTooLong,
 )
 from reconciler.handle import VolumeHandle
 from reconciler.journal import DEFAULT_INSTANCE_ID
@@ -69,8 +81,21 @@ from reconciler.k8s import (
     request_json,
 )
 from reconciler.k8s.apply import server_side_apply
-from reconciler.k8s.conditions import READY, condition, is_ready, merge_conditions, transition
+from reconciler.k8s.conditions import (
+    READY,
+    condition,
+    find_condition,
+    is_ready,
+    merge_conditions,
+    transition,
+)
 from reconciler.k8s.events import EventRecorder
+from reconciler.k8s.ratelimit import (
+    BucketRateLimiter,
+    ItemExponentialBackoff,
+    MaxOfRateLimiter,
+    TokenBucket,
+)
 from reconciler.kinds import (
     API_VERSION,
     FIELD_MANAGER,
@@ -101,6 +126,46 @@ RESULT_FIELDS = (
     "radosNamespace",
     "clusterIDMappings",
 )
+#: The mapping's condition for trouble that says nothing about its journal (Ceph unreachable, the
+#: Secret gone, ceph-csi-config unusable, its ClusterIDMapping conflicting): a Ready mapping
+#: stays Ready through it, with the trouble here, and serves on.
+DEGRADED = "Degraded"
+#: Failures that leave a Ready mapping Ready (and Degraded): reaching Ceph or being let in, not
+#: facts about the volume. Anything else (the image or pool gone, a journal conflict, the PV
+#: changed or no longer taken) makes it not Ready.
+KEEPS_READY: tuple[type[ReconcilerError], ...] = (
+    CephUnavailable,
+    CephPermissionDenied,
+    CephBindingsMissing,
+    ObjectExists,
+    ObjectChanged,
+    SecretNotFound,
+    SecretForbidden,
+    InvalidSecret,
+    InvalidCephKey,
+    CSIConfigUnavailable,
+    MappingConflicting,
+)
+#: The Ready reason of a mapping whose PV this controller no longer takes (staticVolume, claim
+#: removed): it records what was written, but ceph-csi is not to be pointed at it.
+NOT_SELECTED = "NotSelected"
+#: spec.volumeHandle's maxLength in crds/volumehandlemappings.yaml: a longer handle is not stored.
+MAX_HANDLE_BYTES = 4096
+#: The longest a PV's regeneration may take, the Secret's read included: a librados call that
+#: ignores its own timeout is abandoned (its thread runs on) rather than pin the worker.
+RECONCILE_TIMEOUT = 120.0
+#: The longest wait between two tries of a PV (client-go's default is 1000 s): a PV waiting for
+#: Ceph, a Secret or ceph-csi-config is tried again within a minute of the fault's end.
+RETRY_CAP = 60.0
+
+
+def volume_rate_limiter() -> MaxOfRateLimiter:
+    """The PV controller's retries: client-go's default limiter with the per-item backoff capped
+    at RETRY_CAP instead of 1000 s (the overall 10/s bucket still bounds a storm of retries)."""
+    return MaxOfRateLimiter(
+        ItemExponentialBackoff(base=0.005, cap=RETRY_CAP),
+        BucketRateLimiter(TokenBucket(rate=10.0, burst=100)),
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +179,8 @@ class VolumeSettings:
     """ceph-csi's --instanceid: names the journal's directory object."""
     dry_run: bool = False
     """Plan against Ceph and log; write nothing to Ceph or the API server."""
+    reconcile_timeout: float = RECONCILE_TIMEOUT
+    """The deadline of one PV's regeneration (Secret, connect, reads and writes)."""
 
 
 class VolumeReconciler:
@@ -141,6 +208,12 @@ class VolumeReconciler:
         self.remap_duration = remap_duration
         # (resourceVersion, parsed): ceph-csi-config is parsed once per change, not per PV.
         self._parsed_config: tuple[str, CSIConfig] | None = None
+        self.requeue: Callable[[Iterable[str]], None] = lambda keys: None
+        """Queues PVs again at once (run wires the controller's enqueue): those that waited for
+        Ceph, as soon as another PV reached it."""
+        # PVs that last failed on Ceph being unreachable, and on ceph-csi-config.
+        self._waiting_for_ceph: set[str] = set()
+        self._failed_on_config: set[str] = set()
         # A burst of PVs reads each Secret once and each pool's images once (their modules).
         self.credentials = CredentialsCache()
         self.catalog = ImageCatalog()
@@ -189,6 +262,32 @@ class VolumeReconciler:
             return []
         return [event.key]
 
+    def volumes_of_csi_config(self, event: Event) -> list[str]:
+        """When ceph-csi's config changes: the PVs that failed on it (CSIConfigUnavailable), and
+        those whose Ready mapping recorded another radosNamespace than the local entry now has
+        (their journal belongs in the new one). A scan of the mappings' cache, per change of
+        that one ConfigMap."""
+        where = self.settings.csi_config
+        if event.key != f"{where.namespace}/{where.name}":
+            return []
+        keys = set(self._failed_on_config)
+        try:
+            namespace: str | None = self._local_config().rados_namespace
+        except CSIConfigUnavailable:
+            namespace = None
+        for vhm in self.volume_handle_mappings.store.objects():
+            status = vhm.get("status") or {}
+            failed = (find_condition(vhm, READY) or {}).get("reason") == CSIConfigUnavailable.reason
+            moved = (
+                namespace is not None
+                and status.get("clusterID") == self.settings.local_cluster_id
+                and str(status.get("radosNamespace") or "") != namespace
+                and is_ready(vhm)
+            )
+            if failed or moved:
+                keys.add(str(vhm["metadata"]["name"]))
+        return sorted(keys)
+
     @staticmethod
     def volume_of_deleted_mapping(event: Event) -> list[str]:
         """A mapping deleted by hand is made again (its PV still needs it)."""
@@ -200,14 +299,7 @@ class VolumeReconciler:
 
     def selected(self, pv: KubeObject) -> bool:
         """The configured driver's PVs with a claim, not being deleted, not static volumes."""
-        spec = pv.get("spec") or {}
-        csi = spec.get("csi") or {}
-        return (
-            csi.get("driver") == self.settings.driver_name
-            and bool(spec.get("claimRef"))
-            and not pv["metadata"].get("deletionTimestamp")
-            and (csi.get("volumeAttributes") or {}).get("staticVolume") != "true"
-        )
+        return why_not_selected(pv, self.settings.driver_name) is None
 
     def pending_volumes(self) -> list[KubeObject]:
         """Selected PVs with a remote handle whose mapping is not Ready for that handle (yet)."""
@@ -230,24 +322,45 @@ class VolumeReconciler:
 
     async def reconcile(self, key: str) -> Result | None:
         pv = self.volumes.store.get(key)
-        if pv is None or not self.selected(pv):
+        if pv is None:
             return None  # a deleted PV's mapping goes with it (garbage collector)
         existing = self.volume_handle_mappings.store.get(key)
+        if not self.selected(pv):
+            await self._record_not_selected(pv, existing)
+            return None
+        # --dry-run: the ClusterIDMapping controller does not run, so mappings without a status
+        # for their spec are evaluated in memory instead of waited for.
+        in_memory = self.settings.dry_run
         try:
             volume = CSIVolume.from_pv(pv)
+            _check_length(volume)
             handle = VolumeHandle.decode(volume.volume_handle)
             local_handle = handle.cluster_id == self.settings.local_cluster_id
-            if local_handle and not maps_within(self.cluster_id_mappings, handle.cluster_id):
-                await self._delete_stale(existing)
-                return None
-            if mapping_pending(self.cluster_id_mappings, handle.cluster_id):
+            if local_handle:
+                within = maps_within(
+                    self.cluster_id_mappings,
+                    handle.cluster_id,
+                    volume.attributes.get("pool", ""),
+                    in_memory=in_memory,
+                )
+                if within == "serving":
+                    return None  # its mapping conflicts: left as it is until that is resolved
+                if not within:
+                    await self._delete_stale(existing)
+                    return None
+            if not in_memory and mapping_pending(self.cluster_id_mappings, handle.cluster_id):
                 # Its status will say; the status write's event brings this PV back.
                 return None
             through = mapped_through(
-                self.cluster_id_mappings, handle.cluster_id, self.settings.local_cluster_id
+                self.cluster_id_mappings,
+                handle.cluster_id,
+                self.settings.local_cluster_id,
+                in_memory=in_memory,
             )
-            regeneration = await self._regenerate(volume)
+            check_pools(self.cluster_id_mappings, through, volume)
+            regeneration = await self._regenerate_within_deadline(volume)
         except ReconcilerError as err:
+            self._note_failure(key, err)
             if self.settings.dry_run:
                 log.warning("dry run: would fail", extra={"pv": key, "error": str(err)})
             else:
@@ -255,6 +368,7 @@ class VolumeReconciler:
             if err.retryable:
                 raise
             raise TerminalError(str(err)) from err
+        self._note_success(key)
         if (
             local_handle
             and existing is None
@@ -276,6 +390,39 @@ class VolumeReconciler:
             )
         await self._record_success(pv, existing, regeneration, through)
         return None
+
+    async def _regenerate_within_deadline(self, volume: CSIVolume) -> Regeneration:
+        """`_regenerate` within the reconcile's deadline: a call that ignores its own timeout
+        (librados has been seen to) is abandoned, its outcome unknown, and tried again later."""
+        deadline = asyncio.timeout(self.settings.reconcile_timeout)
+        try:
+            async with deadline:
+                return await self._regenerate(volume)
+        except TimeoutError as err:
+            if not deadline.expired():
+                raise
+            raise CephUnavailable(
+                f"no answer within the reconcile's deadline of "
+                f"{self.settings.reconcile_timeout:.0f} s: abandoned, to be tried again"
+            ) from err
+
+    def _note_failure(self, key: str, err: ReconcilerError) -> None:
+        if isinstance(err, CephUnavailable):
+            self._waiting_for_ceph.add(key)
+        if isinstance(err, CSIConfigUnavailable):
+            self._failed_on_config.add(key)
+        else:
+            self._failed_on_config.discard(key)
+
+    def _note_success(self, key: str) -> None:
+        """`key` reached Ceph: so may the PVs that waited for it, now rather than after their
+        backoff (which may have grown long during an outage)."""
+        self._failed_on_config.discard(key)
+        self._waiting_for_ceph.discard(key)
+        if self._waiting_for_ceph:
+            waiting, self._waiting_for_ceph = self._waiting_for_ceph, set()
+            log.info("Ceph answers again: retrying the PVs waiting", extra={"pvs": len(waiting)})
+            self.requeue(sorted(waiting))
 
     async def _regenerate(self, volume: CSIVolume) -> Regeneration:
         local = self._local_config()
@@ -338,6 +485,8 @@ class VolumeReconciler:
         except ApiStatusError as err:
             if err.status == 404:
                 raise SecretNotFound(namespace, name) from err
+            if err.status == 403:
+                raise SecretForbidden(namespace, name) from err
             raise
         data = secret.get("data") or {}
         try:
@@ -393,8 +542,61 @@ class VolumeReconciler:
     async def _record_failure(
         self, pv: KubeObject, existing: KubeObject | None, err: ReconcilerError
     ) -> None:
+        if _keeps_ready(pv, existing, err):
+            assert existing is not None
+            await self._record_degraded(pv, existing, err)
+            return
         await self._record(
             pv, existing, ready=False, reason=err.reason, message=str(err), fields={}
+        )
+
+    async def _record_degraded(
+        self, pv: KubeObject, existing: KubeObject, err: ReconcilerError
+    ) -> None:
+        """A Ready mapping of the PV's handle hit trouble that says nothing about its journal:
+        it stays Ready (the resolver and ceph-csi's files keep serving it) and Degraded says
+        what is wrong; no new write is made until the trouble is over."""
+        old_status = existing.get("status") or {}
+        ready = find_condition(existing, READY)
+        assert ready is not None
+        generation = int(existing["metadata"].get("generation", 0))
+        degraded = condition(DEGRADED, True, err.reason, str(err), generation)
+        conditions = merge_conditions(old_status.get("conditions") or [], [ready, degraded])
+        status = {**old_status, "conditions": conditions}
+        if status != old_status:
+            await self._apply_status(pv, status)
+        before = find_condition(existing, DEGRADED) or {}
+        if (before.get("status"), before.get("reason")) != ("True", err.reason):
+            for obj, kind in ((pv, PERSISTENT_VOLUME_KIND), (existing, VOLUME_HANDLE_MAPPING_KIND)):
+                await self.events.record(
+                    obj,
+                    kind,
+                    warning=True,
+                    reason=err.reason,
+                    message=f"{err}; the mapping stays Ready and in use",
+                )
+
+    async def _record_not_selected(self, pv: KubeObject, existing: KubeObject | None) -> None:
+        """A PV this controller no longer takes (made static, its claim removed) keeps its mapping
+        as a record of what was written on Ceph, but not Ready: nothing is to be resolved
+        through it any more. A PV being deleted takes its mapping along (garbage collector)."""
+        csi = (pv.get("spec") or {}).get("csi") or {}
+        if (
+            existing is None
+            or self.settings.dry_run
+            or pv["metadata"].get("deletionTimestamp")
+            or not csi.get("volumeHandle")  # another driver's: the informer keeps no handle
+        ):
+            return
+        why = why_not_selected(pv, self.settings.driver_name)
+        await self._record(
+            pv,
+            existing,
+            ready=False,
+            reason=NOT_SELECTED,
+            message=f"this controller no longer remaps the PV: {why}; the journal on Ceph is "
+            "left as it is",
+            fields={},
         )
 
     async def _record(
@@ -409,25 +611,28 @@ class VolumeReconciler:
         event_message: str = "",
     ) -> None:
         handle = str(pv["spec"]["csi"]["volumeHandle"])
-        mapping = await self._ensure_mapping(pv, existing, handle)
+        try:
+            mapping = await self._ensure_mapping(pv, existing, handle)
+        except ApiStatusError as err:
+            await self._rejected(pv, err)
+            raise
         generation = int(mapping["metadata"].get("generation", 0))
         old_status = mapping.get("status") or {}
         if not ready and (existing or {}).get("spec", {}).get("volumeHandle") == handle:
             fields = {k: old_status[k] for k in RESULT_FIELDS if k in old_status}
         ready_condition = condition(READY, ready, reason, message, generation)
-        conditions = merge_conditions(old_status.get("conditions") or [], [ready_condition])
+        wanted = [ready_condition]
+        if ready:
+            wanted.append(
+                condition(DEGRADED, False, "Reconciled", "the last pass reached Ceph", generation)
+            )
+        conditions = merge_conditions(old_status.get("conditions") or [], wanted)
         status: dict[str, Any] = {"observedGeneration": generation, **fields}
         if ready:
             status["readySince"] = conditions[0]["lastTransitionTime"]
         status["conditions"] = conditions
         if status != old_status:
-            await server_side_apply(
-                self.api_client,
-                VOLUME_HANDLE_MAPPINGS,
-                {**_identity(pv["metadata"]["name"]), "status": status},
-                field_manager=FIELD_MANAGER,
-                subresource="status",
-            )
+            await self._apply_status(pv, status)
         if transition(mapping, ready_condition):
             if ready and self.remap_duration is not None:
                 age = age_seconds(pv)
@@ -438,13 +643,44 @@ class VolumeReconciler:
                     obj, kind, warning=not ready, reason=reason, message=event_message or message
                 )
 
+    async def _apply_status(self, pv: KubeObject, status: dict[str, Any]) -> None:
+        try:
+            await server_side_apply(
+                self.api_client,
+                VOLUME_HANDLE_MAPPINGS,
+                {**_identity(pv["metadata"]["name"]), "status": status},
+                field_manager=FIELD_MANAGER,
+                subresource="status",
+            )
+        except ApiStatusError as err:
+            await self._rejected(pv, err)
+            raise
+
+    async def _rejected(self, pv: KubeObject, err: ApiStatusError) -> None:
+        """The API server refused the mapping as invalid (422): retrying cannot help, and what it
+        refused is not stored anywhere. A Warning Event on the PV says so, and the PV is not tried
+        again until it changes (TerminalError)."""
+        if err.status != 422:
+            return
+        message = f"the API server refused its VolumeHandleMapping (422): {err.message}"
+        await self.events.record(
+            pv, PERSISTENT_VOLUME_KIND, warning=True, reason="MappingRejected", message=message
+        )
+        raise TerminalError(message) from err
+
     async def _ensure_mapping(
         self, pv: KubeObject, existing: KubeObject | None, handle: str
     ) -> KubeObject:
         """The mapping with the PV's current handle, its label and owner: applied if they differ."""
         desired = _mapping_for(pv, handle)
-        if existing is not None and all(
-            _subset(desired[part], existing.get(part) or {}) for part in ("metadata", "spec")
+        if (
+            existing is not None
+            and all(
+                _subset(desired[part], existing.get(part) or {}) for part in ("metadata", "spec")
+            )
+            # A handle too long to be stored is left out: one stored earlier must go.
+            and (existing.get("spec") or {}).get("volumeHandle")
+            == desired["spec"].get("volumeHandle")
         ):
             return existing
         return await server_side_apply(
@@ -487,8 +723,29 @@ def _mapping_for(pv: KubeObject, handle: str) -> KubeObject:
             }
         ],
     }
-    mapping["spec"] = {"pvName": metadata["name"], "volumeHandle": handle}
+    mapping["spec"] = {"pvName": metadata["name"]}
+    if len(handle.encode()) <= MAX_HANDLE_BYTES:
+        mapping["spec"]["volumeHandle"] = handle
     return mapping
+
+
+def _check_length(volume: CSIVolume) -> None:
+    """VolumeHandleTooLong for a handle a mapping cannot hold, before anything quotes it whole."""
+    length = len(volume.volume_handle.encode())
+    if length > MAX_HANDLE_BYTES:
+        start = volume.volume_handle[:64]
+        raise VolumeHandleTooLong(volume.pv_name, length, MAX_HANDLE_BYTES, start)
+
+
+def _keeps_ready(pv: KubeObject, existing: KubeObject | None, err: ReconcilerError) -> bool:
+    """Whether `err` leaves the PV's mapping Ready (and Degraded): it is Ready for the PV's
+    current handle and `err` is trouble reaching or being let in, not a fact about the volume."""
+    return (
+        existing is not None
+        and is_ready(existing)
+        and (existing.get("spec") or {}).get("volumeHandle") == pv["spec"]["csi"]["volumeHandle"]
+        and (isinstance(err, KEEPS_READY) or type(err) is CephError)
+    )
 
 
 def _subset(wanted: Any, actual: Any) -> bool:

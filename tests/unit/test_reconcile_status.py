@@ -64,6 +64,8 @@ def mapped(name: str = "site-a-to-b") -> KubeObject:
     return cluster_id_mapping(
         name,
         "site-a",
+        LOCAL,
+        {"name": "replicapool"},
         localClusterID=LOCAL,
         remoteClusterID="site-a",
         conditions=[condition(True, "Mapped")],
@@ -99,6 +101,12 @@ def failed_over(
 def seen_by_informer(api: RecordingApiClient, reconciler: VolumeReconciler) -> None:
     """What a watch delivers after the writes: the mapping as the server now holds it."""
     reconciler.volume_handle_mappings.store.upsert(api.object(VHM_PATH))
+
+
+def condition_of(status: dict[str, Any], kind: str) -> tuple[str, str, str]:
+    """(status, reason, message) of the status' condition of type `kind`."""
+    [found] = [c for c in status["conditions"] if c["type"] == kind]
+    return found["status"], found["reason"], found["message"]
 
 
 def ready_of(status: dict[str, Any]) -> dict[str, Any]:
@@ -199,19 +207,35 @@ async def test_a_regenerated_volume_is_ready_and_keeps_its_new_handle_through_an
     assert api.writes() == []
     assert copy.deepcopy(ceph.objects) == journal
 
-    # A transient failure of the same handle: not Ready, but the CSI side still finds the new
-    # handle in the status while the Secret is back on its way. (The Secret's credentials are
-    # reused for a while: the deletion is seen once they are read again.)
+    # A transient failure of the same handle: the journal is still in place, so the mapping
+    # stays Ready (the CSI side and ceph-csi's files keep serving it) and Degraded says what is
+    # wrong. (The Secret's credentials are reused for a while: the deletion is seen once they
+    # are read again.)
     del api.objects[SECRET_PATH]
     reconciler.credentials.forget(CSI_NAMESPACE, SECRET)
     with pytest.raises(SecretNotFound):
         await reconciler.reconcile("pv-1")
     [outage] = api.status_applies()
-    assert (ready_of(outage)["status"], ready_of(outage)["reason"]) == ("False", "SecretNotFound")
+    assert ready_of(outage) == ready
+    assert condition_of(outage, "Degraded")[:2] == ("True", "SecretNotFound")
     assert outage["newVolumeHandle"] == new_handle
     assert outage["clusterIDMappings"] == ["site-a-to-b"]
-    assert "readySince" not in outage
+    assert outage["readySince"] == ready["lastTransitionTime"]
     assert [(e["type"], e["reason"]) for e in api.events()] == [("Warning", "SecretNotFound")] * 2
+    # Retried: the same trouble writes and posts nothing again.
+    seen_by_informer(api, reconciler)
+    api.requests.clear()
+    reconciler.credentials.forget(CSI_NAMESPACE, SECRET)
+    with pytest.raises(SecretNotFound):
+        await reconciler.reconcile("pv-1")
+    assert api.writes() == []
+    # Back: Degraded clears; Ready never moved.
+    api.add_secret(secret())
+    reconciler.credentials.forget(CSI_NAMESPACE, SECRET)
+    assert await reconciler.reconcile("pv-1") is None
+    [recovered] = api.status_applies()
+    assert ready_of(recovered) == ready
+    assert condition_of(recovered, "Degraded")[:2] == ("False", "Reconciled")
 
 
 async def test_an_unmapped_cluster_is_terminal_with_cluster_not_mapped(
