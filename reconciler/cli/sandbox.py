@@ -94,9 +94,9 @@ def checkout_of(args: argparse.Namespace) -> Checkout | None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     # The sandbox is an extra: imported by its commands only (see the module docstring).
-    from reconciler.sandbox.ceph import start_pair  # noqa: PLC0415
     from reconciler.sandbox.errors import SandboxError  # noqa: PLC0415
     from reconciler.sandbox.kube import KubeBinaries, KubeSandbox  # noqa: PLC0415
+    from reconciler.sandbox.pair import start_pair  # noqa: PLC0415
 
     checkout = checkout_of(args) if args.with_k8s else None
     if args.with_k8s and checkout is None:

@@ -31,10 +31,11 @@ from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.handle import VolumeHandle
 from reconciler.regenerate import LocalCluster, regenerate
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import CSI_USER, CephCluster, SitePair, start_pair
+from reconciler.sandbox.ceph import CSI_USER, CephCluster
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import SandboxError
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
+from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import poll_until, run
 from reconciler.volume import CSIVolume
 

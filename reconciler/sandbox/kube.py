@@ -17,9 +17,6 @@ test runs with exactly the RBAC it was granted; `restart_apiserver()` restarts o
 
 from __future__ import annotations
 
-import base64
-import datetime
-import ipaddress
 import json
 import os
 import ssl
@@ -32,12 +29,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import (
     ApiRequestFailed,
@@ -45,6 +36,12 @@ from reconciler.sandbox.errors import (
     KubeBinariesMissing,
     SandboxError,
     TokenRequestFailed,
+)
+from reconciler.sandbox.pki import (
+    CertificateAuthority,
+    KeyPair,
+    write_kubeconfig,
+    write_service_account_keys,
 )
 from reconciler.sandbox.process import Daemon, DaemonGroup, free_port
 
@@ -115,151 +112,6 @@ class KubeBinaries:
         return binaries
 
 
-@dataclass(frozen=True)
-class _KeyPair:
-    cert: Path
-    key: Path
-
-
-def _write_private_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-class _CertificateAuthority:
-    """A throwaway CA that signs the API server's serving cert and the client certs it trusts."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, "rbd-mirror-reconciler sandbox CA")]
-        )
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.cert_path = directory / "ca.crt"
-        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        _write_private_key(directory / "ca.key", self.key)
-
-    def issue(
-        self,
-        basename: str,
-        common_name: str,
-        *,
-        organizations: tuple[str, ...] = (),
-        server_names: tuple[str, ...] = (),
-        server_ips: tuple[str, ...] = (),
-    ) -> _KeyPair:
-        """A leaf cert: a server cert when names/IPs are given, a client cert otherwise."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-        attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
-        now = datetime.datetime.now(datetime.UTC)
-        is_server = bool(server_names or server_ips)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attributes))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [
-                        ExtendedKeyUsageOID.SERVER_AUTH
-                        if is_server
-                        else ExtendedKeyUsageOID.CLIENT_AUTH
-                    ]
-                ),
-                critical=False,
-            )
-        )
-        if is_server:
-            sans: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
-            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        pair = _KeyPair(
-            cert=self.directory / f"{basename}.crt", key=self.directory / f"{basename}.key"
-        )
-        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_private_key(pair.key, key)
-        return pair
-
-
-def write_kubeconfig(
-    path: Path,
-    *,
-    server: str,
-    ca_file: Path,
-    user: str,
-    client: _KeyPair | None = None,
-    token: str | None = None,
-) -> Path:
-    """A single-context kubeconfig with the credentials embedded, so the file can be copied."""
-    credentials: dict[str, str] = {}
-    if client is not None:
-        credentials["client-certificate-data"] = _b64(client.cert.read_bytes())
-        credentials["client-key-data"] = _b64(client.key.read_bytes())
-    if token is not None:
-        credentials["token"] = token
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "sandbox",
-                "cluster": {
-                    "server": server,
-                    "certificate-authority-data": _b64(ca_file.read_bytes()),
-                },
-            }
-        ],
-        "users": [{"name": user, "user": credentials}],
-        "contexts": [{"name": user, "context": {"cluster": "sandbox", "user": user}}],
-        "current-context": user,
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 class KubeSandbox:
     """etcd + kube-apiserver + kube-controller-manager on loopback ports under `workdir`.
 
@@ -286,7 +138,7 @@ class KubeSandbox:
         self._apiserver: Daemon | None = None
         self._controller_manager: Daemon | None = None
         self._group = DaemonGroup()
-        self._admin: _KeyPair | None = None
+        self._admin: KeyPair | None = None
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -442,7 +294,7 @@ class KubeSandbox:
 
     def _write_pki(self) -> None:
         self.pki_dir.mkdir(parents=True, exist_ok=True)
-        ca = _CertificateAuthority(self.pki_dir)
+        ca = CertificateAuthority(self.pki_dir)
         self._serving = ca.issue(
             "apiserver",
             "kube-apiserver",
@@ -464,15 +316,7 @@ class KubeSandbox:
             "system:kube-controller-manager",
             organizations=("system:masters",),
         )
-        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._sa_signing_key = self.pki_dir / "service-account.key"
-        self._sa_public_key = self.pki_dir / "service-account.pub"
-        _write_private_key(self._sa_signing_key, sa_key)
-        self._sa_public_key.write_bytes(
-            sa_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+        self._sa_signing_key, self._sa_public_key = write_service_account_keys(self.pki_dir)
         write_kubeconfig(
             self.kubeconfig,
             server=self.server,

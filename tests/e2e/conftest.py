@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from reconciler.k8s import RateLimitedApiClient, make_api_client
-from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
+from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import pid_alive
 from reconciler.sandbox.site import install_crds
 from tests.e2e.support import report

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sandbox.ceph import CephCluster, SitePair, require_ceph_programs
+from reconciler.sandbox.ceph import CephCluster, require_ceph_programs
 from reconciler.sandbox.errors import DaemonFailed, MissingPackage, PortInUse
+from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import Daemon, pid_alive
 from tests.support.polling import wait_for
 

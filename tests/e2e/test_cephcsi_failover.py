@@ -22,7 +22,7 @@ import pytest
 
 from reconciler.csi import SyncResolver
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import CSI_USER, SitePair
+from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.csidriver import (
     GIB,
@@ -35,6 +35,7 @@ from reconciler.sandbox.csidriver import (
 )
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.site import kubectl
 from tests.support.polling import wait_for
 

@@ -22,10 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.kinds import RETRY_ANNOTATION, volume_handle_selector
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import CSI_USER, SitePair
+from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.prometheus import Prometheus
 from reconciler.sandbox.site import GROUP, apply, kubectl
 from tests.e2e.support import report

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sandbox.ceph import SitePair, start_pair
+from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import pid_alive
 from tests.support.polling import wait_for
 

@@ -32,7 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import CSI_USER, SitePair
+from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.containers import (
     SERVICE_ACCOUNT_DIR,
@@ -44,6 +44,7 @@ from reconciler.sandbox.containers import (
 )
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import free_port, poll_until
 from tests.e2e.helm import find, render, tools_bin
 from tests.e2e.support import report

@@ -17,7 +17,8 @@ import pytest
 from reconciler.cephconn import CephConnection, ConnectionPool, Credentials
 from reconciler.errors import CephUnavailable, ImageNotFound, JournalConflict, PoolNotFound
 from reconciler.regenerate import LocalCluster, regenerate
-from reconciler.sandbox.ceph import CSI_USER, SitePair
+from reconciler.sandbox.ceph import CSI_USER
+from reconciler.sandbox.pair import SitePair
 from reconciler.volume import CSIVolume
 from tests.support import csi_replay
 from tests.support.csi_replay import Provisioned

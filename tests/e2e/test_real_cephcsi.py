@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sandbox.ceph import CSI_USER, CephCluster, SitePair
+from reconciler.sandbox.ceph import CSI_USER, CephCluster
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.csidriver import (
     DRIVER_NAME,
@@ -24,6 +24,7 @@ from reconciler.sandbox.csidriver import (
     start_journal_regenerator,
 )
 from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import pid_alive
 from reconciler.sandbox.site import apply, kubectl
 from tests.e2e.support import report

@@ -33,10 +33,10 @@ from reconciler.k8s.apply import server_side_apply
 from reconciler.k8s.conditions import condition, merge_conditions
 from reconciler.kinds import API_VERSION, CLUSTER_ID_MAPPINGS, FIELD_MANAGER, VOLUME_HANDLE_MAPPINGS
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import SitePair, start_pair
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import free_port
 from reconciler.sandbox.site import kubectl
 from tests.e2e.support import report

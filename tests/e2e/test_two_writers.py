@@ -23,7 +23,8 @@ from reconciler.errors import (
 )
 from reconciler.journal import VolumeJournal
 from reconciler.regenerate import LocalCluster, plan_regeneration, regenerate
-from reconciler.sandbox.ceph import CSI_USER, SitePair
+from reconciler.sandbox.ceph import CSI_USER
+from reconciler.sandbox.pair import SitePair
 from reconciler.volume import CSIVolume
 from tests.support import csi_replay
 from tests.support.csi_replay import Provisioned
