@@ -22,8 +22,10 @@ from reconciler.controllers.metrics import ProgressCollector, remap_duration_his
 from reconciler.controllers.regenerator import RegeneratorWatch
 from reconciler.controllers.volumes import (
     DEFAULT_DRIVER,
+    RECONCILE_TIMEOUT,
     VolumeReconciler,
     VolumeSettings,
+    volume_rate_limiter,
 )
 from reconciler.csiconfig import LAYOUTS, CSIConfigLayout, layout
 from reconciler.errors import ReconcilerError
@@ -140,6 +142,8 @@ class RunConfig:
             driver_name=self.driver_name,
             instance_id=self.instance_id,
             dry_run=self.dry_run,
+            # A regeneration is about a dozen Ceph calls, each bounded by --ceph-timeout.
+            reconcile_timeout=max(RECONCILE_TIMEOUT, 12 * self.ceph_timeout),
         )
 
 
@@ -326,13 +330,18 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
         pv_reconciler.reconcile,
         # Their reason is on the VolumeHandleMapping already; no traceback in the log.
         settings=ControllerSettings(workers=config.workers, expected_errors=(ReconcilerError,)),
+        # Retries at least once a minute: a fault's end is not waited out for 1000 s.
+        rate_limiter=volume_rate_limiter(),
     )
+    # PVs that waited for Ceph are queued again as soon as another PV reaches it.
+    pv_reconciler.requeue = pv_controller.enqueue
     # The PVs about to be reconciled: a burst makes listing a pool's images worth it.
     pv_reconciler.backlog = lambda: len(pv_controller.queue) + config.workers
     pv_controller.watch(volumes, pv_reconciler.volume_if_changed)
     pv_controller.watch(cluster_id_mappings, pv_reconciler.volumes_of_mapping)
     pv_controller.watch(volume_handle_mappings, pv_reconciler.volume_of_deleted_mapping)
-    pv_controller.reads(csi_config)
+    # A change re-queues the PVs that failed on it, and the Ready ones of another radosNamespace.
+    pv_controller.watch(csi_config, pv_reconciler.volumes_of_csi_config)
 
     if config.dry_run:
         return  # the other controllers only write
@@ -353,6 +362,7 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
         csi_config_files=config_files,
         layout=config.layout,
         regenerator=regenerator,
+        driver_name=config.driver_name,
     )
     cidm_controller = manager.controller("clusteridmapping", cidm_reconciler.reconcile)
     cidm_controller.watch(cluster_id_mappings, cidm_reconciler.all_mappings)
