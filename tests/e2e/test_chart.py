@@ -10,6 +10,7 @@ promtool and by matching selectors; hosted CI installs the chart into kind for r
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -194,23 +195,41 @@ def test_chart_crds_are_the_crds_directory(helm_bin: Path, checkout: Checkout) -
     )
 
 
-def test_chart_rbac_is_config_rbac(helm_bin: Path, checkout: Checkout) -> None:
-    """Same rules, same bindings to the one ServiceAccount the Deployment runs as."""
+def test_chart_rbac_is_config_rbac(helm_bin: Path, checkout: Checkout, tmp_path: Path) -> None:
+    """Same rules, same bindings to the one ServiceAccount the Deployment runs as: config/rbac as
+    deployed into the chart's namespace (a copy of its kustomization with `namespace:` set, as
+    reconciler.sandbox.site.install_rbac does), since a Lease name it grants holds the namespace."""
     objects = render(helm_bin, checkout, VALUE_SETS["defaults"], namespace=NAMESPACE)
-    config = kustomize(checkout, "config", "rbac")
+    copy = tmp_path / "rbac"
+    shutil.copytree(checkout.config("rbac"), copy)
+    kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
+    kustomization["namespace"] = NAMESPACE
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(copy)], capture_output=True, text=True, timeout=60, check=True
+    )
+    config = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
     for kind in ("ClusterRole", "Role"):
-        (ours,) = of_kind(config, kind)
-        assert find(objects, kind)["rules"] == ours["rules"], f"{kind} differs from config/rbac"
+        for ours in of_kind(config, kind):
+            name = ours["metadata"]["name"]
+            theirs = find(objects, kind, name)
+            assert theirs["rules"] == ours["rules"], f"{kind} {name} differs from config/rbac"
+            assert theirs["metadata"].get("namespace") == ours["metadata"].get("namespace")
+    # Events are created in "default" only, where those about cluster-scoped objects are.
+    assert find(objects, "Role", "rbd-mirror-reconciler-events")["metadata"]["namespace"] == (
+        "default"
+    )
     account = find(objects, "ServiceAccount")["metadata"]["name"]
     deployment = find(objects, "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account
     for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
-        binding = find(objects, kind)
-        assert binding["roleRef"]["kind"] == role_kind
-        assert binding["roleRef"]["name"] == find(objects, role_kind)["metadata"]["name"]
-        assert binding["subjects"] == [
-            {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
-        ]
+        for binding in of_kind(objects, kind):
+            assert binding["roleRef"]["kind"] == role_kind
+            role = find(objects, role_kind, binding["roleRef"]["name"])
+            assert binding["metadata"].get("namespace") == role["metadata"].get("namespace")
+            assert binding["subjects"] == [
+                {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+            ]
     # Nothing else grants anything: the controller's whole RBAC is these objects.
     assert sorted(o["kind"] for o in objects if o["kind"] in RBAC_KINDS) == sorted(
         o["kind"] for o in config

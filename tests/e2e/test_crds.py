@@ -220,7 +220,9 @@ def test_config_default_renders_and_rbac_applies(
             "CustomResourceDefinition",
             "ServiceAccount",
             "Role",
+            "Role",  # Events, in "default"
             "ClusterRole",
+            "RoleBinding",
             "RoleBinding",
             "ClusterRoleBinding",
             "Deployment",
