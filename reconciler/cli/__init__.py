@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from reconciler import __version__
-from reconciler.cli import exporter, handle, journal, resolve, run, sandbox
+from reconciler.cli import exporter, handle, journal, preflight, resolve, run, sandbox
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.register(commands)
     handle.register(commands)
     journal.register(commands)
+    preflight.register(commands)
     resolve.register(commands)
     run.register(commands)
     sandbox.register(commands)
