@@ -7,7 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from reconciler import __version__
-from reconciler.cli import exporter, handle, journal, preflight, resolve, run, sandbox
+from reconciler.cli import (
+    exporter,
+    handle,
+    journal,
+    preflight,
+    resolve,
+    rewrite_pvs,
+    run,
+    sandbox,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     journal.register(commands)
     preflight.register(commands)
     resolve.register(commands)
+    rewrite_pvs.register(commands)
     run.register(commands)
     sandbox.register(commands)
     return parser
