@@ -19,6 +19,8 @@ from reconciler.cli.flags import host_port, positive_float, positive_int
 from reconciler.controllers.cephcsi import CONFIG_FILE, MAPPING_FILE, CephCSIConfigRenderer
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
 from reconciler.controllers.metrics import ProgressCollector, remap_duration_histogram
+from reconciler.controllers.progress import BurstProgress
+from reconciler.controllers.recorder import StatusRecorder
 from reconciler.controllers.regenerator import RegeneratorWatch
 from reconciler.controllers.volumes import (
     DEFAULT_DRIVER,
@@ -41,6 +43,7 @@ from reconciler.k8s import (
     configure_logging,
     make_api_client,
 )
+from reconciler.k8s.conditions import is_ready
 from reconciler.k8s.events import EventRecorder
 from reconciler.k8s.leader import default_identity
 from reconciler.kinds import (
@@ -89,8 +92,9 @@ class RunConfig:
     manage_csi_config: bool = False
     """Write ceph-csi's config.json aliases and cluster-mapping.json; else only report gaps."""
     instance_id: str = DEFAULT_INSTANCE_ID
-    workers: int = 4
-    """Concurrent PV reconciles."""
+    workers: int = 16
+    """Concurrent PV reconciles: journals regenerated at once (a few RADOS ops in flight each).
+    During a burst their mappings are written by 8 more writers (controllers.recorder)."""
     dry_run: bool = False
     ceph_timeout: float = DEFAULT_TIMEOUT
     health_address: tuple[str, int] = ("0.0.0.0", 8080)
@@ -98,8 +102,11 @@ class RunConfig:
     leader_election_namespace: str | None = None
     """None: csi_config_namespace."""
     leader_election_name: str = "rbd-mirror-reconciler"
-    kube_api_qps: float = ApiSettings.qps
-    kube_api_burst: int = ApiSettings.burst
+    kube_api_qps: float = 500.0
+    """Sustained API writes a second. A backstop for an API server without Priority and
+    Fairness: what bounds this process' load is how many requests it has in flight (at most
+    `workers` + 8 mapping writers + a few), and the server's APF, whose 429s it waits out."""
+    kube_api_burst: int = 1000
     log_level: str = "INFO"
     identity: str = field(default_factory=default_identity)
     """This process: the Lease's holderIdentity and every Event's reportingInstance."""
@@ -335,8 +342,19 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
     )
     # PVs that waited for Ceph are queued again as soon as another PV reaches it.
     pv_reconciler.requeue = pv_controller.enqueue
-    # The PVs about to be reconciled: a burst makes listing a pool's images worth it.
-    pv_reconciler.backlog = lambda: len(pv_controller.queue) + config.workers
+    # The PVs waiting: a burst makes listing a pool's images worth it, and moves the mappings'
+    # writes off the workers so that journals do not wait for them.
+    pv_reconciler.backlog = lambda: len(pv_controller.queue)
+    recorder = StatusRecorder(pv_controller.queue.add_rate_limited)
+    pv_reconciler.recorder = recorder
+    manager.add(recorder.run)
+    progress = BurstProgress(
+        lambda: len(pv_reconciler.pending_volumes()),
+        lambda: sum(1 for vhm in volume_handle_mappings.store.objects() if is_ready(vhm)),
+        registry=registry,
+    )
+    pv_reconciler.progress = progress
+    manager.add(progress.run)
     pv_controller.watch(volumes, pv_reconciler.volume_if_changed)
     pv_controller.watch(cluster_id_mappings, pv_reconciler.volumes_of_mapping)
     pv_controller.watch(volume_handle_mappings, pv_reconciler.volume_of_deleted_mapping)

@@ -49,6 +49,8 @@ from reconciler.controllers.clusterids import (
 )
 from reconciler.controllers.credentials import CredentialsCache
 from reconciler.controllers.metrics import age_seconds
+from reconciler.controllers.progress import BurstProgress
+from reconciler.controllers.recorder import StatusRecorder
 from reconciler.csiconfig import ClusterConfig, ConfigKey, CSIConfig
 from reconciler.errors import (
     CephBindingsMissing,
@@ -219,6 +221,10 @@ class VolumeReconciler:
         self.catalog = ImageCatalog()
         self.backlog: Callable[[], int] = lambda: 0
         """How many PVs are about to be reconciled (`run` sets it to the work queue's depth)."""
+        self.recorder: StatusRecorder | None = None
+        """Takes mapping writes off the workers during a burst (`run` sets it; its module)."""
+        self.progress: BurstProgress | None = None
+        """Counts the journals written, for the progress log and /metrics (`run` sets it)."""
 
     # event -> keys ------------------------------------------------------------------------------
 
@@ -388,6 +394,14 @@ class VolumeReconciler:
                     "written": regeneration.written,
                 },
             )
+            if self.progress is not None:
+                self.progress.journal_written()
+        if self.recorder is not None and self.recorder.takes(self.backlog()):
+            # A burst: the next journal does not wait for this one's mapping.
+            self.recorder.submit(
+                key, lambda: self._record_success(pv, existing, regeneration, through)
+            )
+            return None
         await self._record_success(pv, existing, regeneration, through)
         return None
 

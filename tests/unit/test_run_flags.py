@@ -66,4 +66,4 @@ def test_help_groups_the_flags_and_shows_defaults(capsys: pytest.CaptureFixture[
     shown = capsys.readouterr().out
     for group in ("Kubernetes:", "leader election:", "ceph-csi:", "Ceph:"):
         assert group in shown
-    assert "(default: 4)" in shown
+    assert "(default: 16)" in shown

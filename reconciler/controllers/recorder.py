@@ -1,0 +1,113 @@
+"""Status writes taken off the PV controller's workers during a burst, so journals never wait for
+the bookkeeping.
+
+A PV's journal is what makes ceph-csi work again; its VolumeHandleMapping is the record of it. A
+journal costs a few RADOS ops, its mapping two API writes, and during a failover of thousands
+of PVs the API server is the slower of the two. When the controller has a backlog, each worker
+regenerates a journal and hands the mapping's writes to this recorder, then takes the next PV:
+journals go at Ceph's pace while `concurrency` writers record them at the API server's. Without
+a backlog, workers record inline as before (nothing is deferred, nothing reordered).
+
+Per PV only the latest write waits (a PV reconciled again meanwhile replaces it) and one PV's
+writes never run concurrently. A write that fails hands the PV back to the controller
+(`retry`), whose next reconcile finds the journal in place and records it again; one refused for
+good (TerminalError) is logged and left, as a reconcile would leave it. On stop, writes still
+waiting are dropped: the next process reconciles every PV anyway, level-triggered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from reconciler.k8s import TerminalError
+from reconciler.k8s.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+#: Mapping writes in flight at once, on top of what the workers write themselves.
+DEFAULT_CONCURRENCY = 8
+#: PVs waiting in the controller's queue from which on writes are handed over: a burst.
+MIN_BACKLOG = 16
+#: Seconds writes still running on stop may take before they are cancelled.
+DRAIN_SECONDS = 10.0
+
+Write = Callable[[], Awaitable[None]]
+
+
+class StatusRecorder:
+    def __init__(
+        self, retry: Callable[[str], None], *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
+        self.retry = retry
+        self.concurrency = concurrency
+        self.recorded = 0
+        self.failed = 0
+        self._waiting: dict[str, Write] = {}
+        self._writing: set[str] = set()
+        self._wakeup = asyncio.Event()
+        self._running = False
+
+    def takes(self, backlog: int) -> bool:
+        """Whether a worker with `backlog` PVs waiting behind it should hand its writes over."""
+        return self._running and backlog >= MIN_BACKLOG
+
+    def submit(self, key: str, write: Write) -> None:
+        """Make `write` for PV `key` soon, replacing one of the same PV still waiting."""
+        self._waiting[key] = write
+        self._wakeup.set()
+
+    def __len__(self) -> int:
+        """Writes waiting or in flight."""
+        return len(self._waiting) + len(self._writing)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write until `stop` is set; then let writes in flight finish (bounded)."""
+        self._running = True
+        writers = [
+            asyncio.create_task(self._writer(), name=f"status-writer-{i}")
+            for i in range(self.concurrency)
+        ]
+        try:
+            await stop.wait()
+        finally:
+            self._running = False
+            self._waiting.clear()
+            self._wakeup.set()  # idle writers see there is nothing left, and return
+            _, still_writing = await asyncio.wait(writers, timeout=DRAIN_SECONDS)
+            await cancel_and_wait(*still_writing)
+
+    def _take(self) -> tuple[str, Write] | None:
+        for key in self._waiting:
+            if key not in self._writing:
+                return key, self._waiting.pop(key)
+        return None
+
+    async def _writer(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                if not self._running:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            key, write = taken
+            self._writing.add(key)
+            try:
+                await write()
+                self.recorded += 1
+            except TerminalError as err:
+                self.failed += 1
+                log.error("recording a PV failed terminally", extra={"pv": key, "error": str(err)})
+            except Exception as err:
+                self.failed += 1
+                log.warning(
+                    "recording a PV failed; will retry", extra={"pv": key, "error": str(err)}
+                )
+                self.retry(key)
+            finally:
+                self._writing.discard(key)
+                if self._waiting:
+                    self._wakeup.set()

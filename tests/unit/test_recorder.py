@@ -1,0 +1,86 @@
+"""The status recorder: writes off the workers during a burst, latest per PV, failures retried."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from reconciler.controllers.recorder import MIN_BACKLOG, StatusRecorder, Write
+from reconciler.k8s import TerminalError
+from tests.support.polling import async_wait_for
+
+
+class Running:
+    def __init__(self) -> None:
+        self.retried: list[str] = []
+        self.recorder = StatusRecorder(self.retried.append, concurrency=4)
+        self.stop = asyncio.Event()
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    world = Running()
+    task = asyncio.create_task(world.recorder.run(world.stop))
+    await asyncio.sleep(0)
+    try:
+        yield world
+    finally:
+        world.stop.set()
+        await task
+
+
+async def test_only_a_burst_is_handed_over_and_only_while_running() -> None:
+    recorder = StatusRecorder(lambda key: None)
+    assert not recorder.takes(1000)  # not running: workers record inline
+    stop = asyncio.Event()
+    task = asyncio.create_task(recorder.run(stop))
+    await asyncio.sleep(0)
+    assert recorder.takes(MIN_BACKLOG) and not recorder.takes(MIN_BACKLOG - 1)
+    stop.set()
+    await task
+    assert not recorder.takes(1000)
+
+
+async def test_the_latest_write_of_a_pv_wins_and_one_pvs_writes_never_overlap(
+    running: Running,
+) -> None:
+    written: list[str] = []
+    writing: set[str] = set()
+    release = asyncio.Event()
+
+    def write(key: str, what: str) -> Write:
+        async def run() -> None:
+            assert key not in writing, "two writes of one PV at once"
+            writing.add(key)
+            await release.wait()
+            written.append(what)
+            writing.discard(key)
+
+        return run
+
+    running.recorder.submit("pv-1", write("pv-1", "first"))
+    await async_wait_for(lambda: writing, 5, "the first write to start")
+    running.recorder.submit("pv-1", write("pv-1", "second"))
+    running.recorder.submit("pv-1", write("pv-1", "third"))
+    running.recorder.submit("pv-2", write("pv-2", "other"))
+    release.set()
+    await async_wait_for(lambda: len(running.recorder) == 0, 5, "every write")
+    assert sorted(written) == ["first", "other", "third"]
+    assert running.recorder.recorded == 3
+
+
+async def test_a_failed_write_hands_the_pv_back_and_a_terminal_one_does_not(
+    running: Running,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("the API server is away")
+
+    async def refused() -> None:
+        raise TerminalError("422")
+
+    running.recorder.submit("pv-1", fails)
+    running.recorder.submit("pv-2", refused)
+    await async_wait_for(lambda: running.recorder.failed == 2, 5, "both writes")
+    assert running.retried == ["pv-1"]
