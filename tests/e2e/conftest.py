@@ -13,6 +13,7 @@ from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import pid_alive
 from reconciler.sandbox.site import install_crds
 from tests.e2e.support import report
+from tests.support.csi_replay import VolumeFactory
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +34,13 @@ def ceph_pair(
     pair.stop()
     survivors = [pid for pid in pids if pid_alive(pid)]
     assert not survivors, f"Ceph daemons still running after teardown: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def new_volumes(ceph_pair: SitePair) -> VolumeFactory:
+    """Makes uniquely named volumes on the session's Ceph pair; a module takes its own defaults
+    with `new_volumes.derive(cluster_id=..., prefix=...)`."""
+    return VolumeFactory(ceph_pair)
 
 
 @pytest.fixture(scope="session")

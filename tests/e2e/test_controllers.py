@@ -31,7 +31,7 @@ from reconciler.sandbox.prometheus import Prometheus
 from reconciler.sandbox.site import GROUP, apply, kubectl
 from tests.e2e.support import report
 from tests.support import csi_replay
-from tests.support.csi_replay import Provisioned
+from tests.support.csi_replay import Provisioned, VolumeFactory
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -147,7 +147,6 @@ class World:
     pair: SitePair
     kube: KubeSandbox
     controller: site.ControllerProcess
-    volumes: dict[str, Provisioned]
 
     def apply_pvs(self, *manifests: dict[str, Any]) -> None:
         result = apply(self.kube, *manifests, check=False)
@@ -162,16 +161,9 @@ def world(
     checkout: Checkout,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
-    """site-b after a failover: volumes mirrored and promoted, ceph-csi's Secret and config in
-    place, the RBAC applied and the controller running as its ServiceAccount."""
+    """site-b after a failover: ceph-csi's Secret and config in place, the RBAC applied and the
+    controller running as its ServiceAccount. Each test makes the volumes it needs (`volumes`)."""
     work = tmp_path_factory.mktemp("controllers")
-    names = ["one", "two", "three", "conflict", "jc", "dry", "not-primary", "prom"]
-    volumes = {
-        f"ctl-{n}": csi_replay.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, f"ctl-{n}")
-        for n in [*names, *(f"r{i}" for i in range(8))]
-    }
-    # ctl-not-primary is mirrored but left secondary by the test that needs it.
-    ceph_pair.fail_over([v.image_name for n, v in volumes.items() if n != "ctl-not-primary"])
     overlay = site.install_rbac(kube.kubeconfig, checkout, NAMESPACE, work)
     key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
     site.apply(
@@ -183,7 +175,7 @@ def world(
     controller = controller_process(kubeconfig, work)
     controller.start("--workers", "2")
     try:
-        yield World(ceph_pair, kube, controller, volumes)
+        yield World(ceph_pair, kube, controller)
     finally:
         controller.stop()
         # The API server outlives this module: leave it as later modules expect to find it.
@@ -201,19 +193,34 @@ def world(
 
 @pytest.fixture(scope="module")
 def failed_over(world: World) -> World:
-    """The mapping site-a <-> site-b applied with kubectl, and the first PVs re-applied."""
+    """The mapping site-a <-> site-b applied with kubectl."""
     result = apply(world.kube, cluster_id_mapping("site-a-to-b", SITE_A_ID), check=False)
     assert result.returncode == 0, result.stderr
-    world.apply_pvs(*(world.volumes[n].pv() for n in ("ctl-one", "ctl-two", "ctl-three")))
     return world
 
 
-def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: World) -> None:
+@pytest.fixture(scope="module")
+def volumes(new_volumes: VolumeFactory) -> VolumeFactory:
+    """New volumes of site-a's, failed over to site-b, named ctl-<random> (the module's teardown
+    deletes the PVs of that prefix)."""
+    return new_volumes.derive(cluster_id=SITE_A_ID, prefix="ctl")
+
+
+def applied(world: World, volumes: VolumeFactory, count: int = 1) -> list[Provisioned]:
+    """`count` new failed-over volumes whose PVs are re-applied on site-b."""
+    made = volumes(count)
+    world.apply_pvs(*(volume.pv() for volume in made))
+    return made
+
+
+def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
     world = failed_over
     pair = world.pair
     pool_b = pair.site_b.pool_id(pair.pool)
-    for name in ("ctl-one", "ctl-two", "ctl-three"):
-        volume = world.volumes[name]
+    for volume in applied(world, volumes, 3):
+        name = volume.pv_name
         mapping = wait_for_reason(world.kube, world.controller, name, "JournalRegenerated")
         status = mapping["status"]
         assert status["newVolumeHandle"] == csi_replay.ceph_csi_handle(
@@ -252,14 +259,18 @@ def test_every_pv_gets_a_ready_mapping_and_a_journal_on_site_b(failed_over: Worl
         assert [o["metadata"]["name"] for o in found] == [name]
 
 
-def test_kubectl_get_volumehandlemappings_shows_the_outcome(failed_over: World) -> None:
-    wait_for_reason(failed_over.kube, failed_over.controller, "ctl-one", "JournalRegenerated")
+def test_kubectl_get_volumehandlemappings_shows_the_outcome(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
+    [volume] = applied(failed_over, volumes)
+    name = volume.pv_name
+    wait_for_reason(failed_over.kube, failed_over.controller, name, "JournalRegenerated")
     table = kubectl(failed_over.kube, "get", "volumehandlemappings").stdout.splitlines()
     assert table[0].split()[:6] == ["NAME", "PV", "READY", "REASON", "CLUSTERID", "POOL"]
-    row = next(line.split() for line in table if line.startswith("ctl-one "))
+    row = next(line.split() for line in table if line.startswith(f"{name} "))
     pool_b = failed_over.pair.site_b.pool_id(failed_over.pair.pool)
     assert row[1:7] == [
-        "ctl-one",
+        name,
         "True",
         "JournalRegenerated",
         SITE_B_ID,
@@ -285,11 +296,15 @@ def ceph_csi_resolve(mapping_json: str, cluster_id: str, pool_id: int) -> tuple[
     return None
 
 
-def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> None:
+def test_cluster_mapping_status_and_the_rendered_file(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
     world = failed_over
     pair = world.pair
     pool_a, pool_b = pair.site_a.pool_id(pair.pool), pair.site_b.pool_id(pair.pool)
-    wait_for_reason(world.kube, world.controller, "ctl-one", "JournalRegenerated")
+    # A regenerated volume teaches the mapping both pool IDs.
+    [volume] = applied(world, volumes)
+    wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
 
     def learnt() -> dict[str, Any] | None:
         cidm = get(world.kube, f"{API}/clusteridmappings/site-a-to-b") or {}
@@ -326,7 +341,12 @@ def test_cluster_mapping_status_and_the_rendered_file(failed_over: World) -> Non
     by_hand = {"clusterIDMapping": {SITE_A_ID: SITE_B_ID}, "CephFSFscIDMapping": [{"1": "2"}]}
     patch = {"data": {MAPPING_KEY: json.dumps([by_hand])}}
     kubectl(world.kube, "patch", "configmap", CSI_CONFIG, "-n", NAMESPACE, "-p", json.dumps(patch))
-    text = wait_for(rendered, CONVERGE, "cluster-mapping.json rendered again")
+
+    def rendered_again() -> str | None:
+        again = rendered()
+        return again if again and entry in json.loads(again) else None
+
+    text = wait_for(rendered_again, CONVERGE, "cluster-mapping.json rendered again")
     assert json.loads(text) == [by_hand, entry]
     # ceph-csi on site-b resolves an old site-a handle to site-b, and on failback the reverse.
     assert ceph_csi_resolve(text, SITE_A_ID, pool_a) == (SITE_B_ID, pool_b)
@@ -384,32 +404,40 @@ def nothing_written_for(pair: SitePair, pv_name: str, object_uuid: str) -> bool:
     )
 
 
-def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World) -> None:
+def test_bad_inputs_end_with_their_reason_and_nothing_written(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
     world = failed_over
     pair = world.pair
     # Real volumes of site-a's, but PVs that are wrong in one way each.
-    source = world.volumes["ctl-r7"]
+    source, good = volumes(2)
     ghost = str(uuid.uuid4())
+    bad = {
+        case: f"{source.pv_name}-{case}"
+        for case in ("bad-handle", "no-pool", "no-secret", "unmapped", "no-image")
+    }
     cases = {
-        "ctl-bad-handle": (
-            pv_variant(source, "ctl-bad-handle", "0001-not-a-handle"),
+        bad["bad-handle"]: (
+            pv_variant(source, bad["bad-handle"], "0001-not-a-handle"),
             "InvalidHandle",
         ),
-        "ctl-no-pool": (pv_variant(source, "ctl-no-pool", pool=None), "InvalidVolume"),
-        "ctl-no-secret": (
-            pv_variant(source, "ctl-no-secret", secret="no-such-secret"),
+        bad["no-pool"]: (pv_variant(source, bad["no-pool"], pool=None), "InvalidVolume"),
+        bad["no-secret"]: (
+            pv_variant(source, bad["no-secret"], secret="no-such-secret"),
             "SecretNotFound",
         ),
-        "ctl-unmapped": (
+        bad["unmapped"]: (
             pv_variant(
-                source, "ctl-unmapped", csi_replay.ceph_csi_handle("site-z", 1, source.object_uuid)
+                source,
+                bad["unmapped"],
+                csi_replay.ceph_csi_handle("site-z", 1, source.object_uuid),
             ),
             "ClusterNotMapped",
         ),
-        "ctl-no-image": (
+        bad["no-image"]: (
             pv_variant(
                 source,
-                "ctl-no-image",
+                bad["no-image"],
                 csi_replay.ceph_csi_handle(SITE_A_ID, 1, ghost),
                 imageName=f"csi-vol-{ghost}",
             ),
@@ -423,24 +451,26 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(failed_over: World
         assert "newVolumeHandle" not in mapping["status"]
         warnings = [e for e in events_about(world.kube, name) if e["type"] == "Warning"]
         assert reason in {e["reason"] for e in warnings}
-    message = ready_of(handle_mapping(world.kube, "ctl-unmapped"))["message"]
+    message = ready_of(handle_mapping(world.kube, bad["unmapped"]))["message"]
     assert "'site-z' is neither local nor mapped: no ClusterIDMapping names it" in message
     for name in cases:
         assert nothing_written_for(pair, name, source.object_uuid)
-    assert nothing_written_for(pair, "ctl-no-image", ghost)
+    assert nothing_written_for(pair, bad["no-image"], ghost)
     # The Secret's key appears nowhere the controller writes or logs.
     key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
     assert key not in world.controller.log()
     # Others are unaffected: a good PV applied now still converges.
-    world.apply_pvs(world.volumes["ctl-r6"].pv())
-    wait_for_reason(world.kube, world.controller, "ctl-r6", "JournalRegenerated")
+    world.apply_pvs(good.pv())
+    wait_for_reason(world.kube, world.controller, good.pv_name, "JournalRegenerated")
 
 
-def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_over: World) -> None:
+def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
     world = failed_over
     pair = world.pair
     pool_c = 7
-    volume = world.volumes["ctl-conflict"]
+    [volume] = volumes()
     # The same volume re-applied as if it came from a third site, "site-c".
     handle = csi_replay.ceph_csi_handle("site-c", pool_c, volume.object_uuid)
     first = cluster_id_mapping("site-c-first", "site-c", siteAPoolID=pool_c)
@@ -467,26 +497,29 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(failed_ove
         assert ready_of(get(world.kube, f"{API}/clusteridmappings/{name}"))["reason"] == "Mapped"
 
 
-def test_deleting_the_pv_deletes_its_mapping(failed_over: World) -> None:
+def test_deleting_the_pv_deletes_its_mapping(failed_over: World, volumes: VolumeFactory) -> None:
     world = failed_over
-    wait_for_reason(world.kube, world.controller, "ctl-three", "JournalRegenerated")
-    kubectl(world.kube, "delete", "pv", "ctl-three", "--wait=false")
+    [volume] = applied(world, volumes)
+    name = volume.pv_name
+    wait_for_reason(world.kube, world.controller, name, "JournalRegenerated")
+    kubectl(world.kube, "delete", "pv", name, "--wait=false")
     wait_for(
-        lambda: handle_mapping(world.kube, "ctl-three") is None,
+        lambda: handle_mapping(world.kube, name) is None,
         CONVERGE,
-        "the garbage collector to delete ctl-three's mapping",
+        f"the garbage collector to delete {name}'s mapping",
     )
 
 
 def test_a_restart_midway_converges_without_duplicates_or_second_writes(
-    failed_over: World, request: pytest.FixtureRequest
+    failed_over: World, volumes: VolumeFactory, request: pytest.FixtureRequest
 ) -> None:
     world = failed_over
     pair = world.pair
-    names = [f"ctl-r{i}" for i in range(6)]
+    made = {volume.pv_name: volume for volume in volumes(6)}
+    names = sorted(made)
     world.controller.stop()
     world.controller.start("--workers", "1")
-    world.apply_pvs(*(world.volumes[n].pv() for n in names))
+    world.apply_pvs(*(made[n].pv() for n in names))
 
     def some_ready() -> list[str]:
         return [
@@ -504,8 +537,8 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
     before = {
         n: (
             existing(handle_mapping(world.kube, n))["metadata"]["resourceVersion"],
-            object_version(pair, pair.pool, f"csi.volume.{world.volumes[n].object_uuid}"),
-            journal_of(pair, world.volumes[n]),
+            object_version(pair, pair.pool, f"csi.volume.{made[n].object_uuid}"),
+            journal_of(pair, made[n]),
         )
         for n in converged
     }
@@ -519,7 +552,7 @@ def test_a_restart_midway_converges_without_duplicates_or_second_writes(
     assert set(converged) <= journal_writes(killed_log)
     assert not journal_writes(world.controller.current_log()) & set(converged)
     for name, (resource_version, version, journal) in before.items():
-        volume = world.volumes[name]
+        volume = made[name]
         assert (
             existing(handle_mapping(world.kube, name))["metadata"]["resourceVersion"]
             == resource_version
@@ -552,11 +585,11 @@ def test_the_controller_is_denied_what_its_role_does_not_grant(world: World) -> 
 
 
 def test_a_journal_conflict_is_terminal_writes_nothing_and_is_retried_on_request(
-    failed_over: World,
+    failed_over: World, volumes: VolumeFactory
 ) -> None:
     world = failed_over
     pair = world.pair
-    volume = world.volumes["ctl-jc"]
+    [volume] = volumes()
     stray = str(uuid.uuid4())
     # Another volume already holds this PV name in site-b's journal: its object says so. (A key
     # whose object is missing would be stale, and ceph-csi's rule is to redo it.)
@@ -579,10 +612,12 @@ def test_a_journal_conflict_is_terminal_writes_nothing_and_is_retried_on_request
     wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
 
 
-def test_an_image_not_yet_promoted_waits_and_then_converges(failed_over: World) -> None:
+def test_an_image_not_yet_promoted_waits_and_then_converges(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
     world = failed_over
     pair = world.pair
-    volume = world.volumes["ctl-not-primary"]
+    [volume] = volumes(fail_over=False)  # mirrored below, and left secondary on site-b
     image = f"{volume.pool}/{volume.image_name}"
     pair.site_a.rbd("mirror", "image", "enable", image, "snapshot")
     wait_for(
@@ -598,9 +633,11 @@ def test_an_image_not_yet_promoted_waits_and_then_converges(failed_over: World) 
     wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
 
 
-def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: World) -> None:
+def test_a_pv_re_created_with_another_handle_updates_its_mapping(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
     world = failed_over
-    volume = world.volumes["ctl-two"]
+    [volume] = applied(world, volumes)
     first = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
     # A PV's handle is immutable: "re-applied" means deleted and created again by name.
     kubectl(world.kube, "delete", "pv", volume.pv_name)
@@ -622,7 +659,7 @@ def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: Wo
             else None
         )
 
-    mapping = wait_for(updated, CONVERGE, "ctl-two's mapping updated to the new handle")
+    mapping = wait_for(updated, CONVERGE, f"{volume.pv_name}'s mapping updated to the new handle")
     assert mapping["status"]["newVolumeHandle"] == first["status"]["newVolumeHandle"]
     pv_uid = world.kube.request("GET", f"/api/v1/persistentvolumes/{volume.pv_name}")["metadata"]
     assert [o["uid"] for o in mapping["metadata"]["ownerReferences"]] == [pv_uid["uid"]]
@@ -634,10 +671,10 @@ def test_a_pv_re_created_with_another_handle_updates_its_mapping(failed_over: Wo
         )
 
 
-def test_dry_run_writes_nothing_anywhere(failed_over: World) -> None:
+def test_dry_run_writes_nothing_anywhere(failed_over: World, volumes: VolumeFactory) -> None:
     world = failed_over
     pair = world.pair
-    volume = world.volumes["ctl-dry"]
+    [volume] = volumes()
     world.controller.stop()
     world.controller.start("--dry-run")
     try:
@@ -672,12 +709,14 @@ def ready_mappings(kube: KubeSandbox) -> int:
 
 
 def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
-    failed_over: World, checkout: Checkout, tmp_path: Path
+    failed_over: World, volumes: VolumeFactory, checkout: Checkout, tmp_path: Path
 ) -> None:
     world = failed_over
-    stuck = pv_variant(world.volumes["ctl-prom"], "ctl-prom", secret="prom-credentials")
+    [volume] = volumes()
+    name = volume.pv_name
+    stuck = pv_variant(volume, name, secret="prom-credentials")
     world.apply_pvs(stuck)
-    wait_for_reason(world.kube, world.controller, "ctl-prom", "SecretNotFound")
+    wait_for_reason(world.kube, world.controller, name, "SecretNotFound")
     alert_rules = checkout.config("prometheus", "alerts.yaml")
     with Prometheus.start(tmp_path, [world.controller.health_address], [alert_rules]) as prom:
         # The runtime's series and the product's, from the leader's /metrics.
@@ -724,8 +763,8 @@ def test_prometheus_scrapes_the_progress_and_its_alerts_see_a_stuck_volume(
             world.kube.kubeconfig,
             site.ceph_csi_secret("prom-credentials", NAMESPACE, CSI_USER, key),
         )
-        kubectl(world.kube, "annotate", "pv", "ctl-prom", f"{RETRY_ANNOTATION}=1")
-        wait_for_reason(world.kube, world.controller, "ctl-prom", "JournalRegenerated")
+        kubectl(world.kube, "annotate", "pv", name, f"{RETRY_ANNOTATION}=1")
+        wait_for_reason(world.kube, world.controller, name, "JournalRegenerated")
         wait_for(
             lambda: (
                 scraped(
@@ -753,29 +792,30 @@ def queue_idle(controller: site.ControllerProcess, name: str) -> bool:
     return samples["workqueue_depth"] == 0 and samples["workqueue_unfinished_work_seconds"] == 0
 
 
-def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(failed_over: World) -> None:
+def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(
+    failed_over: World, volumes: VolumeFactory
+) -> None:
     """Rook names both sites' clusterID after its namespace: an old handle then names site-b's
     own clusterID and differs from a local one by its pool ID alone."""
     world = failed_over
     pair = world.pair
     pool_b = pair.site_b.pool_id(pair.pool)
-    from_a = csi_replay.provision(pair.site_a, SITE_B_ID, pair.pool, "ctl-same-id")
-    pair.fail_over([from_a.image_name])
-    born_here = csi_replay.provision(pair.site_b, SITE_B_ID, pair.pool, "ctl-born-here")
+    [from_a] = volumes(cluster_id=SITE_B_ID)
+    [born_here] = volumes(cluster_id=SITE_B_ID, site=pair.site_b, fail_over=False)
     here_version = object_version(pair, pair.pool, f"csi.volume.{born_here.object_uuid}")
     world.apply_pvs(from_a.pv(), born_here.pv())
     result = apply(world.kube, cluster_id_mapping("one-clusterid", SITE_B_ID), check=False)
     assert result.returncode == 0, result.stderr
     try:
         converged = wait_for_reason(
-            world.kube, world.controller, "ctl-same-id", "JournalRegenerated"
+            world.kube, world.controller, from_a.pv_name, "JournalRegenerated"
         )
         assert converged["status"]["newVolumeHandle"] == csi_replay.ceph_csi_handle(
             SITE_B_ID, pool_b, from_a.object_uuid
         )
         assert converged["status"]["clusterIDMappings"] == ["one-clusterid"]
         per_volume = csi_replay.omap(pair.site_b, pair.pool, f"csi.volume.{from_a.object_uuid}")
-        assert per_volume is not None and per_volume["csi.volname"] == b"ctl-same-id"
+        assert per_volume is not None and per_volume["csi.volname"] == from_a.pv_name.encode()
         # The mapping learns the local ID here and the remote one from site-a's handle alone.
         pool_a = pair.site_a.pool_id(pair.pool)
 
@@ -788,7 +828,7 @@ def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(failed_over: World) 
         assert (pools[0]["localPoolID"], pools[0]["remotePoolID"]) == (pool_b, pool_a)
         # The volume provisioned here was looked at and left alone: no mapping, no write.
         wait_for(lambda: queue_idle(world.controller, "persistentvolume"), 30, "the PV queue idle")
-        assert handle_mapping(world.kube, "ctl-born-here") is None
+        assert handle_mapping(world.kube, born_here.pv_name) is None
         assert (
             object_version(pair, pair.pool, f"csi.volume.{born_here.object_uuid}") == here_version
         )

@@ -21,7 +21,7 @@ from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.pair import SitePair
 from reconciler.volume import CSIVolume
 from tests.support import csi_replay
-from tests.support.csi_replay import Provisioned
+from tests.support.csi_replay import Provisioned, VolumeFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -31,24 +31,9 @@ SITE_B = LocalCluster(SITE_B_ID)
 
 
 @pytest.fixture(scope="module")
-def failed_over(ceph_pair: SitePair) -> Iterator[dict[str, Provisioned]]:
-    """Volumes provisioned on site-a as ceph-csi would, mirrored and promoted on site-b."""
-    names = [
-        "pvc-main",
-        "pvc-dry",
-        "pvc-cli",
-        "pvc-crash",
-        "pvc-enc",
-        "pvc-legacy",
-        "pvc-moved",
-        "pvc-stale",
-    ]
-    volumes = {
-        name: csi_replay.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, name)
-        for name in names
-    }
-    ceph_pair.fail_over([v.image_name for v in volumes.values()])
-    yield volumes
+def volumes(new_volumes: VolumeFactory) -> VolumeFactory:
+    """New volumes provisioned on site-a as ceph-csi would, mirrored and promoted on site-b."""
+    return new_volumes.derive(cluster_id=SITE_A_ID, prefix="pvc")
 
 
 @pytest.fixture
@@ -104,9 +89,9 @@ def expected_on_site_b(pair: SitePair, volume: Provisioned, **extra: str) -> dic
 
 
 async def test_regeneration_writes_what_ceph_csi_reads(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
-    volume = failed_over["pvc-main"]
+    [volume] = volumes()
     result = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
 
     pool_id_b = ceph_pair.site_b.pool_id(volume.pool)
@@ -129,9 +114,9 @@ async def test_regeneration_writes_what_ceph_csi_reads(
 
 
 async def test_dry_run_plans_without_writing(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
-    volume = failed_over["pvc-dry"]
+    [volume] = volumes()
     before = journal_snapshot(ceph_pair, volume.pool)
     planned = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B, dry_run=True)
     assert planned.dry_run
@@ -141,9 +126,7 @@ async def test_dry_run_plans_without_writing(
     assert done.written == planned.written
 
 
-async def test_missing_image_writes_nothing(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
-) -> None:
+async def test_missing_image_writes_nothing(ceph_pair: SitePair, site_b: CephConnection) -> None:
     u = str(uuid.uuid4())
     ghost = journal_less("pvc-ghost", u, ceph_pair.pool)
     before = journal_snapshot(ceph_pair, ceph_pair.pool)
@@ -153,9 +136,9 @@ async def test_missing_image_writes_nothing(
 
 
 async def test_missing_pool_writes_nothing(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
-    volume = failed_over["pvc-main"]
+    [volume] = volumes()
     pv = volume.pv(pool="no-such-pool", journalPool="")
     before = journal_snapshot(ceph_pair, ceph_pair.pool)
     with pytest.raises(PoolNotFound, match="'no-such-pool' does not exist"):
@@ -164,9 +147,9 @@ async def test_missing_pool_writes_nothing(
 
 
 async def test_conflicting_directory_key_writes_nothing(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
-    volume = failed_over["pvc-legacy"]
+    [volume] = volumes()
     # Another volume, alive (its per-volume object exists), already holds this PV name in
     # site-b's journal.
     other_uuid = str(uuid.uuid4())
@@ -198,9 +181,9 @@ async def test_conflicting_directory_key_writes_nothing(
 
 
 async def test_a_stale_directory_key_is_replaced_and_the_reservation_redone(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
-    volume = failed_over["pvc-stale"]
+    [volume] = volumes()
     site = ceph_pair.site_b
     # The PV name is reserved for another UUID whose per-volume object is gone: stale, by
     # ceph-csi's check-reservation rule.
@@ -228,9 +211,9 @@ async def test_a_stale_directory_key_is_replaced_and_the_reservation_redone(
 
 
 async def test_owner_and_image_id_are_reset_but_a_foreign_volname_is_a_conflict(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
-    volume = failed_over["pvc-moved"]
+    [volume] = volumes()
     await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
     oid = f"csi.volume.{volume.object_uuid}"
     # The claim moved to another namespace and rbd-mirror re-synced the image (new local ID).
@@ -251,14 +234,14 @@ async def test_owner_and_image_id_are_reset_but_a_foreign_volname_is_a_conflict(
     with pytest.raises(JournalConflict) as conflict:
         await regenerate(site_b, CSIVolume.from_pv(moved), SITE_B)
     assert (conflict.value.object, conflict.value.key) == (oid, "csi.volname")
-    assert (conflict.value.found, conflict.value.expected) == ("pvc-someone-else", "pvc-moved")
+    assert (conflict.value.found, conflict.value.expected) == ("pvc-someone-else", volume.pv_name)
     assert journal_snapshot(ceph_pair, volume.pool) == before
 
 
 async def test_encrypted_volume_in_a_rados_namespace(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
-    volume = failed_over["pvc-enc"]
+    [volume] = volumes()
     pv = volume.pv(encrypted="true", encryptionKMSID="vault-tenant")
     await regenerate(site_b, CSIVolume.from_pv(pv), SITE_B)
     per_volume = csi_replay.omap(ceph_pair.site_b, volume.pool, f"csi.volume.{volume.object_uuid}")
@@ -370,11 +353,11 @@ class CrashAfter:
 @pytest.mark.parametrize("writes_before_crash", [0, 1])
 async def test_a_crash_after_any_write_is_repaired_by_the_next_run(
     ceph_pair: SitePair,
-    failed_over: dict[str, Provisioned],
+    volumes: VolumeFactory,
     site_b: CephConnection,
     writes_before_crash: int,
 ) -> None:
-    volume = failed_over["pvc-crash"]
+    [volume] = volumes()
     pv = CSIVolume.from_pv(volume.pv())
     csi_replay.erase_journal(ceph_pair.site_b, volume.pool, volume)
     before = journal_snapshot(ceph_pair, volume.pool)
@@ -400,11 +383,11 @@ async def test_a_crash_after_any_write_is_repaired_by_the_next_run(
 
 
 async def test_a_failed_directory_write_leaves_what_the_next_run_completes(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], site_b: CephConnection
+    ceph_pair: SitePair, volumes: VolumeFactory, site_b: CephConnection
 ) -> None:
     # A timeout does not say whether the write landed, and the object written before it may
     # already be another writer's journal: nothing is undone (tests/e2e/test_two_writers.py).
-    volume = failed_over["pvc-cli"]
+    [volume] = volumes()
     before = journal_snapshot(ceph_pair, volume.pool)
 
     class FailOnDirectoryWrite(CrashAfter):
@@ -439,7 +422,7 @@ async def test_a_failed_directory_write_leaves_what_the_next_run_completes(
 
     done = await regenerate(site_b, CSIVolume.from_pv(volume.pv()), SITE_B)
     assert done.written == [f"csi.volume.{volume.pv_name}"]
-    # test_cli_regenerate_and_show starts this volume from nothing.
+    # Erased, the journal is as before: the runs wrote this volume's keys and nothing else.
     csi_replay.erase_journal(ceph_pair.site_b, volume.pool, volume)
     after = journal_snapshot(ceph_pair, volume.pool)
     assert {k: v for k, v in after.items() if v} == {k: v for k, v in before.items() if v}
@@ -468,9 +451,9 @@ def rbd_mirror_reconciler(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_regenerate_and_show(
-    ceph_pair: SitePair, failed_over: dict[str, Provisioned], tmp_path: Path
+    ceph_pair: SitePair, volumes: VolumeFactory, tmp_path: Path
 ) -> None:
-    volume = failed_over["pvc-cli"]
+    [volume] = volumes()
     pv_file = tmp_path / "pv.yaml"
     pv_file.write_text(json.dumps(volume.pv()))
     connection = [

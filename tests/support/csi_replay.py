@@ -20,6 +20,7 @@ import rados
 import rbd
 
 from reconciler.sandbox.ceph import CephCluster
+from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.site import static_pv
 
 
@@ -149,3 +150,55 @@ def erase_journal(site: CephCluster, pool: str, volume: Provisioned) -> None:
             io.remove_omap_keys(op, (f"csi.volume.{volume.pv_name}", f"csi.volume.{volume.handle}"))
             with suppress(rados.ObjectNotFound):
                 io.operate_write_op(op, "csi.volumes.default")
+
+
+class VolumeFactory:
+    """Volumes `provision`ed as ceph-csi's provisioner makes them, each under a name of its own,
+    `<prefix>-<random>`: no volume is reserved by name for a test, so none can be used up, or
+    changed, by another (the e2e fixture `new_volumes`).
+
+    rbd-mirror takes tens of seconds to pick up newly mirrored images, however many: failed-over
+    volumes are made `BATCH` at a time, and each is handed to one caller only."""
+
+    BATCH = 8
+
+    def __init__(self, pair: SitePair, *, cluster_id: str = "site-a", prefix: str = "pvc") -> None:
+        self.pair = pair
+        self.cluster_id = cluster_id
+        """The clusterID their handles carry."""
+        self.prefix = prefix
+        self._failed_over: dict[str, list[Provisioned]] = {}
+
+    def derive(self, *, cluster_id: str, prefix: str) -> VolumeFactory:
+        """A factory of the same pair with other defaults (and volumes of its own)."""
+        return VolumeFactory(self.pair, cluster_id=cluster_id, prefix=prefix)
+
+    def __call__(
+        self,
+        count: int = 1,
+        *,
+        cluster_id: str | None = None,
+        site: CephCluster | None = None,
+        fail_over: bool = True,
+    ) -> list[Provisioned]:
+        """`count` new volumes of site-a's, mirrored to site-b and promoted there; without
+        `fail_over`, or on another `site`, just provisioned there."""
+        cluster_id = cluster_id or self.cluster_id
+        if site is not None or not fail_over:
+            return self._provision(count, site or self.pair.site_a, cluster_id)
+        ready = self._failed_over.setdefault(cluster_id, [])
+        if len(ready) < count:
+            made = self._provision(
+                max(count - len(ready), self.BATCH), self.pair.site_a, cluster_id
+            )
+            self.pair.fail_over([volume.image_name for volume in made])
+            ready += made
+        taken = ready[:count]
+        del ready[:count]
+        return taken
+
+    def _provision(self, count: int, site: CephCluster, cluster_id: str) -> list[Provisioned]:
+        return [
+            provision(site, cluster_id, self.pair.pool, f"{self.prefix}-{uuid.uuid4().hex[:8]}")
+            for _ in range(count)
+        ]
