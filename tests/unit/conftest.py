@@ -25,7 +25,8 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 
 from reconciler.cephconn import ConnectionPool
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
-from reconciler.controllers.volumes import VolumeReconciler, VolumeSettings
+from reconciler.controllers.regenerator import RegeneratorWatch
+from reconciler.controllers.volumes import DEFAULT_DRIVER, VolumeReconciler, VolumeSettings
 from reconciler.csiconfig import ConfigKey, layout
 from reconciler.handle import VolumeHandle
 from reconciler.k8s import Informer, KubeObject
@@ -334,4 +335,7 @@ def cluster_id_mapping_reconciler(api: ApiClient) -> ClusterIDMappingReconciler:
         local_cluster_id=LOCAL,
         csi_config_files=(config_maps, config_maps),
         layout=layout("helm", CSI_NAMESPACE),
+        regenerator=RegeneratorWatch(
+            api, namespace=CSI_NAMESPACE, driver_name=DEFAULT_DRIVER, on_change=lambda: None
+        ),
     )
