@@ -22,6 +22,7 @@ from reconciler.cli import build_parser
 from reconciler.cli.run import RunConfig
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.site import kubectl
 from tests.e2e.helm import CHART, find, helm, render, tools_bin
 
 pytestmark = pytest.mark.e2e
@@ -109,19 +110,6 @@ def run_config(objects: list[dict[str, Any]], namespace: str = NAMESPACE) -> Run
     parsed = build_parser().parse_args(args)
     assert parsed.command == "run"
     return RunConfig.from_args(parsed)
-
-
-def kubectl(kube: KubeSandbox, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-    return done.stdout
 
 
 # --- helm itself ------------------------------------------------------------------------------
@@ -410,7 +398,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(
     objects = render(helm_bin, checkout, values, namespace=NAMESPACE, include_crds=True)
     namespaces = {NAMESPACE, *(o["metadata"].get("namespace") for o in objects)} - {None}
     for namespace in sorted(namespaces):
-        existing = kubectl(kube, "get", "namespace", "-o", "name")
+        existing = kubectl(kube, "get", "namespace", "-o", "name").stdout
         if f"namespace/{namespace}\n" not in existing:
             kubectl(kube, "create", "namespace", namespace)
     applicable = [o for o in objects if o["kind"] not in MONITORING]
@@ -424,7 +412,8 @@ def test_rendered_chart_passes_a_server_side_dry_run(
         "-f",
         "-",
         stdin=yaml.safe_dump_all(applicable),
-    )
+        timeout=120,
+    ).stdout
     assert out.count("(server dry run)") == len(applicable), out
 
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -45,14 +44,15 @@ from reconciler.sandbox.containers import (
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
-from reconciler.sandbox.process import free_port, poll_until
+from reconciler.sandbox.process import free_port
+from reconciler.sandbox.site import kubectl
 from tests.e2e.helm import find, render, tools_bin
 from tests.e2e.support import report
 from tests.support import csi_replay
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 
 # Names of this module's own: no other module's controller, mappings or RBAC can meet them.
 NAMESPACE = "image-ceph-csi"
@@ -77,20 +77,6 @@ CONFINEMENT_KEYS = {
 }
 
 
-def wait(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """`probe()` once it is truthy (reconciler.sandbox.process.poll_until keeps the deadline)."""
-    seen: list[T | None] = [None]
-
-    def holds() -> bool:
-        seen[0] = probe()
-        return bool(seen[0])
-
-    poll_until(holds, timeout, what)
-    found = seen[0]
-    assert found is not None
-    return found
-
-
 def get(kube: KubeSandbox, path: str) -> dict[str, Any] | None:
     try:
         found: dict[str, Any] = kube.request("GET", path)
@@ -101,19 +87,6 @@ def get(kube: KubeSandbox, path: str) -> dict[str, Any] | None:
     return found
 
 
-def kubectl(kube: KubeSandbox, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-    return done.stdout
-
-
 def http_get(address: str, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as answer:
@@ -122,26 +95,6 @@ def http_get(address: str, path: str) -> tuple[int, str]:
         return err.code, err.read().decode()
     except (urllib.error.URLError, OSError) as err:
         return 0, str(err)
-
-
-def fail_over(pair: SitePair, image_name: str, timeout: float = 120) -> None:
-    """Mirror one image site-a -> site-b, wait for its initial sync, promote it on site-b
-    (forced: site-a is presumed lost)."""
-    pair.site_a.rbd("mirror", "image", "enable", f"{pair.pool}/{image_name}", "snapshot")
-
-    def replaying() -> bool:
-        try:
-            status = json.loads(
-                pair.site_b.rbd(
-                    "mirror", "image", "status", f"{pair.pool}/{image_name}", "--format", "json"
-                )
-            )
-        except Exception:  # not there yet: rbd exits non-zero
-            return False
-        return bool(status.get("state") == "up+replaying")
-
-    poll_until(replaying, timeout, f"{image_name} replaying on site-b")
-    pair.site_b.rbd("mirror", "image", "promote", "--force", f"{pair.pool}/{image_name}")
 
 
 def docker_options(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
@@ -233,10 +186,10 @@ def pod(  # noqa: PLR0917 (pytest passes fixtures by name)
 
     # Ceph: a ceph-csi volume on site-a, failed over to site-b.
     volume = csi_replay.provision(ceph_pair.site_a, SITE_A_ID, ceph_pair.pool, PV_NAME)
-    fail_over(ceph_pair, volume.image_name)
+    ceph_pair.fail_over([volume.image_name])
 
     # Kubernetes: the chart's ServiceAccount and RBAC, ceph-csi's Secret and config.
-    existing = kubectl(kube, "get", "namespace", "-o", "name")
+    existing = kubectl(kube, "get", "namespace", "-o", "name").stdout
     if f"namespace/{NAMESPACE}\n" not in existing:
         kubectl(kube, "create", "namespace", NAMESPACE)
     rbac = [
@@ -369,10 +322,10 @@ def test_image_ships_no_build_tools_caches_or_build_time_certificates(
 
 
 def test_it_elects_itself_and_serves_health_and_metrics(pod: Pod) -> None:
-    identity = wait(lambda: holder(pod), 60, "the container to take the Lease")
+    identity = wait_for(lambda: holder(pod), 60, "the container to take the Lease")
     assert identity.startswith(f"{POD_NAME}_")
     assert http_get(pod.health_address, "/healthz")[0] == 200
-    wait(lambda: http_get(pod.health_address, "/readyz")[0] == 200, 60, "/readyz to answer 200")
+    wait_for(lambda: http_get(pod.health_address, "/readyz")[0] == 200, 60, "/readyz to answer 200")
     status, text = http_get(pod.health_address, "/metrics")
     assert status == 200
     samples = {
@@ -394,7 +347,7 @@ def test_it_reconciles_the_failover(pod: Pod) -> None:
         return mapping if ok else None
 
     try:
-        mapping = wait(ready_mapping, CONVERGE, f"{PV_NAME}'s mapping to be Ready")
+        mapping = wait_for(ready_mapping, CONVERGE, f"{PV_NAME}'s mapping to be Ready")
     except Exception:
         print(pod.container.logs()[-6000:])
         raise
