@@ -30,8 +30,8 @@ help:
 	@echo "make image      build the controller image here: own dockerd, Debian base via mmdebstrap"
 	@echo "make lint-workflows actionlint (+ shellcheck) on .github/workflows, shellcheck on hack/"
 	@echo "make test       all of the above"
-	@echo "make bench      benchmarks on real daemons (figures, not pass/fail)"
-	@echo "make demo       a real failover on a local Ceph pair + API server, then the controller"
+	@echo "make bench      benchmarks on real daemons (figures, not pass/fail; BENCH_VOLUMES=...)"
+	@echo "make demo       a real failover on a local Ceph pair + API server, then the controller (VOLUMES=N)"
 
 setup: $(STAMPS)/apt $(STAMPS)/venv
 
@@ -103,14 +103,20 @@ test-e2e: setup kube-bins cephcsi-bin tools image
 test: lint lint-workflows test-alerts test-unit test-e2e
 
 # Benchmarks print figures with their baseline from the same run; they are not pass/fail tests.
-bench: setup kube-bins
+# bench_failover times ceph-csi's own regenerator against the controller on a failover of each
+# BENCH_VOLUMES (about 15 minutes with 10000) and keeps its table in docs/benchmarks.md.
+BENCH_VOLUMES ?= 100 1000 10000
+bench: setup kube-bins cephcsi-bin
 	$(PY) bench/bench_regenerate.py
 	$(PY) bench/bench_runtime.py queue
 	$(PY) bench/bench_runtime.py informer
 	$(PY) bench/bench_resolve.py
+	$(PY) bench/bench_failover.py --volumes $(BENCH_VOLUMES) --markdown docs/benchmarks.md
 
+# A larger failover: make demo VOLUMES=300 (the controller then logs its progress).
+VOLUMES ?= 3
 demo: setup kube-bins
-	$(VENV)/bin/rbd-mirror-reconciler sandbox demo
+	$(VENV)/bin/rbd-mirror-reconciler sandbox demo --volumes $(VOLUMES)
 
 clean:
 	rm -rf $(VENV) $(STAMPS) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.cli.common import EXIT_USAGE
+from reconciler.cli.flags import positive_int
 from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
@@ -76,6 +77,13 @@ def register(commands: Any) -> None:
         "--dir", type=Path, default=None, help="where state and logs go (default: a new temp dir)"
     )
     demo.add_argument("--source", type=Path, default=None, metavar="DIR", help=SOURCE_HELP)
+    demo.add_argument(
+        "--volumes",
+        type=positive_int,
+        default=3,
+        help="how many volumes fail over (default %(default)s; a few hundred show the "
+        "controller's progress log; mirroring them takes minutes)",
+    )
     demo.set_defaults(func=cmd_demo)
 
 
@@ -143,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if checkout is None:
         return EXIT_USAGE
     try:
-        return run_demo(checkout, args.dir)
+        return run_demo(checkout, args.dir, volumes=args.volumes)
     except (SandboxError, ReconcilerError) as err:
         print(f"demo: FAILED: {err}", file=sys.stderr)
         return 1

@@ -108,6 +108,17 @@ class CephCluster:
         state: str = json.loads(status)["state"]
         return state
 
+    def replaying(self, pool: str) -> set[str]:
+        """The images of `pool` this site's rbd-mirror replays ("up+replaying"), in one command
+        for the whole pool."""
+        try:
+            status = json.loads(
+                self.rbd("mirror", "pool", "status", pool, "--verbose", "--format", "json")
+            )
+        except CommandFailed:
+            return set()
+        return {i["name"] for i in status.get("images", []) if i.get("state") == "up+replaying"}
+
     def user_key(self, user: str) -> str:
         return self.ceph("auth", "get-key", f"client.{user}").strip()
 

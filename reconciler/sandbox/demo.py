@@ -37,6 +37,7 @@ from reconciler.sandbox.errors import SandboxError
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import poll_until, run
+from reconciler.sandbox.scale import create_images
 from reconciler.volume import CSIVolume
 
 SITE_A_ID = "site-a"
@@ -45,6 +46,8 @@ NAMESPACE = "rook-ceph"  # where Provisioned.pv()'s Secret reference points
 SECRET = "rook-csi-rbd-provisioner"
 VOLUMES = 3
 CONVERGE_SECONDS = 120
+#: Lines of a long listing shown (a larger failover's mappings, handles).
+SHOWN = 10
 
 
 def step(text: str) -> None:
@@ -90,11 +93,9 @@ def provision(
             cluster_id=cluster_id,
             namespace=namespace,
         )
-        ceph.rbd(
-            "create", "--size", "16M", "--image-feature", "layering,exclusive-lock",
-            f"{pool}/{volume.image_name}",
-        )  # fmt: skip
         volumes.append(volume)
+    # 16 MiB, layering and exclusive-lock, many at once through librbd.
+    create_images(ceph, pool, [v.image_name for v in volumes], mirrored=False)
     asyncio.run(_write_journals(ceph, cluster_id, volumes))
     return volumes
 
@@ -104,12 +105,17 @@ async def _write_journals(ceph: CephCluster, cluster_id: str, volumes: list[Volu
     try:
         key = (ceph.dir / f"{CSI_USER}.key").read_text().strip()
         connection = await connections.get(ceph.monitors, Credentials(CSI_USER, key))
-        for volume in volumes:
-            result = await regenerate(
-                connection, CSIVolume.from_pv(volume.pv()), LocalCluster(cluster_id)
-            )
+        limit = asyncio.Semaphore(16)
+
+        async def write(volume: Volume) -> None:
+            async with limit:
+                result = await regenerate(
+                    connection, CSIVolume.from_pv(volume.pv()), LocalCluster(cluster_id)
+                )
             if result.new_handle != volume.handle:
                 raise SandboxError(f"{volume.pv_name}: provisioned as {result.new_handle}")
+
+        await asyncio.gather(*(write(volume) for volume in volumes))
     finally:
         await connections.close()
 
@@ -119,8 +125,9 @@ def journal_objects(ceph: CephCluster, pool: str) -> list[str]:
     return [name for name in ceph.rados(pool, "ls").split() if name.startswith("csi.volume")]
 
 
-def run_demo(checkout: Checkout, base_dir: Path | None = None) -> int:
-    """The demo, applying `checkout`'s CRDs and RBAC; state and logs under `base_dir`."""
+def run_demo(checkout: Checkout, base_dir: Path | None = None, volumes: int = VOLUMES) -> int:
+    """The demo of a failover of `volumes` volumes, applying `checkout`'s CRDs and RBAC; state
+    and logs under `base_dir`."""
     began = time.monotonic()
     binaries = KubeBinaries.locate(checkout)  # before anything starts: fails fast if unbuilt
     base = base_dir or Path(tempfile.mkdtemp(prefix="rbd-mirror-demo-"))
@@ -131,26 +138,29 @@ def run_demo(checkout: Checkout, base_dir: Path | None = None) -> int:
             print(
                 f"   Ceph pair in {pair.started_in:.0f} s, API server in {kube.start_seconds:.0f} s"
             )
-            return _failover(checkout, pair, kube, base, began)
+            return _failover(checkout, pair, kube, base, began, count=volumes)
     finally:
         pair.stop()
         print(f"\nAll daemons stopped; logs and state kept in {base}")
 
 
 def _failover(
-    checkout: Checkout, pair: SitePair, kube: KubeSandbox, base: Path, began: float
+    checkout: Checkout, pair: SitePair, kube: KubeSandbox, base: Path, began: float, *, count: int
 ) -> int:
     pool = pair.pool
     id_a, id_b = pair.site_a.pool_id(pool), pair.site_b.pool_id(pool)
     print(f"   pool {pool!r}: ID {id_a} on site-a, ID {id_b} on site-b (they differ, as in DR)")
 
-    step(f"ceph-csi provisions {VOLUMES} volumes on site-a")
-    names = [f"pvc-demo-{i}" for i in range(VOLUMES)]
+    step(f"ceph-csi provisions {count} volumes on site-a")
+    names = [f"pvc-demo-{i}" for i in range(count)]
     volumes = provision(pair.site_a, SITE_A_ID, pool, names)
-    for v in volumes:
+    for v in volumes[:SHOWN]:
         print(f"   {v.pv_name}: {v.handle}")
+    if count > SHOWN:
+        print(f"   ... and {count - SHOWN} more")
 
-    step("rbd-mirror replicates the images to site-b; site-b is promoted (up to a minute)")
+    minutes = "up to a minute" if count <= 20 else f"a few minutes for {count} images"
+    step(f"rbd-mirror replicates the images to site-b; site-b is promoted ({minutes})")
     pair.fail_over([v.image_name for v in volumes])
     copied = len(journal_objects(pair.site_b, pool))
     print(f"   ceph-csi journal objects on site-b: {copied} (OMAP is not mirrored)")
@@ -219,14 +229,29 @@ def _converge(
     try:
         poll_until(
             lambda: sum(_ready(m) for m in _mappings(cfg)) == len(volumes),
-            CONVERGE_SECONDS,
+            CONVERGE_SECONDS + len(volumes) / 10,
             f"{len(volumes)} Ready VolumeHandleMappings",
+            interval=0.5 if len(volumes) <= 100 else 2.0,
         )
     except SandboxError:
         print(controller.log())
         raise
     print(f"   all Ready {time.monotonic() - waited:.1f} s after the controller started\n")
-    print(site.kubectl(cfg, "get", "volumehandlemappings", "-o", "wide").stdout)
+    listing = site.kubectl(cfg, "get", "volumehandlemappings", "-o", "wide").stdout.splitlines()
+    print("\n".join(listing[: SHOWN + 1]))
+    if len(listing) > SHOWN + 1:
+        print(f"... and {len(listing) - SHOWN - 1} more")
+    progress = [
+        json.loads(line)
+        for line in controller.current_log().splitlines()
+        if '"remapping ' in line or '"listed a pool' in line
+    ]
+    if progress:
+        step("What the controller logged while it worked (progress every 5 s during a burst)")
+        for entry in progress:
+            noise = ("level", "logger", "timestamp", "controller", "reconcile_id", "key")
+            fields = {k: v for k, v in entry.items() if k not in noise}
+            print(f"   {fields.pop('message')}: {fields}")
 
     step("The progress Prometheus scrapes from the controller's /metrics")
     # The controller's cache sees its own last status write a moment after the API server does.
