@@ -94,7 +94,7 @@ class RunConfig:
     instance_id: str = DEFAULT_INSTANCE_ID
     workers: int = 16
     """Concurrent PV reconciles: journals regenerated at once (a few RADOS ops in flight each).
-    During a burst their mappings are written by 8 more writers (controllers.recorder)."""
+    During a burst their mappings are written by 16 more writers (controllers.recorder)."""
     dry_run: bool = False
     ceph_timeout: float = DEFAULT_TIMEOUT
     health_address: tuple[str, int] = ("0.0.0.0", 8080)
@@ -105,7 +105,7 @@ class RunConfig:
     kube_api_qps: float = 500.0
     """Sustained API writes a second. A backstop for an API server without Priority and
     Fairness: what bounds this process' load is how many requests it has in flight (at most
-    `workers` + 8 mapping writers + a few), and the server's APF, whose 429s it waits out."""
+    `workers` + 16 mapping writers + a few), and the server's APF, whose 429s it waits out."""
     kube_api_burst: int = 1000
     log_level: str = "INFO"
     identity: str = field(default_factory=default_identity)

@@ -27,7 +27,7 @@ from reconciler.k8s.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 #: Mapping writes in flight at once, on top of what the workers write themselves.
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 16
 #: PVs waiting in the controller's queue from which on writes are handed over: a burst.
 MIN_BACKLOG = 16
 #: Seconds writes still running on stop may take before they are cancelled.
