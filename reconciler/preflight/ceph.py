@@ -120,11 +120,14 @@ async def probe_caps(ceph: CephConnection, pool: str, namespace: str, oid: str) 
     def probe(ioctx: Any) -> tuple[int, int]:
         read_code = write_code = 0
         with rados.ReadOpCtx() as op:
-            ioctx.get_omap_vals_by_keys(op, (PROBE_KEY,))
+            # The binding's iterator must outlive the op: librados fills it when the op runs,
+            # and dropping it first frees what librados then writes to (a segfault).
+            pairs, _ = ioctx.get_omap_vals_by_keys(op, (PROBE_KEY,))
             try:
                 ioctx.operate_read_op(op, oid)
             except rados.Error as err:
                 read_code = getattr(err, "errno", None) or errno.EIO
+            del pairs
         with rados.WriteOpCtx() as op:
             op.new(rados.LIBRADOS_CREATE_IDEMPOTENT)
             op.omap_cmp(PROBE_KEY, PROBE_VALUE, rados.LIBRADOS_CMPXATTR_OP_EQ)

@@ -71,6 +71,11 @@ class VolumeReport:
         missing = [(n, "not checked") for n in CHECK_NAMES if n not in self.checks]
         return failed + skipped + missing
 
+    def causes(self) -> list[str]:
+        """The checks that failed (what the summary names); those not made only if none did."""
+        failed = [name for name, check in self._ordered() if check.ok is False]
+        return failed or [name for name, _ in self.problems()]
+
     def _ordered(self) -> list[tuple[str, Check]]:
         return [(n, self.checks[n]) for n in CHECK_NAMES if n in self.checks]
 
@@ -126,7 +131,7 @@ class Report:
         not_ready = [v for v in self.volumes if not v.ready]
         if not not_ready:
             return f"{line}: ready"
-        shown = [f"{v.pv} ({', '.join(n for n, _ in v.problems()[:3])})" for v in not_ready[:5]]
+        shown = [f"{v.pv} ({', '.join(v.causes()[:3])})" for v in not_ready[:5]]
         more = f" and {len(not_ready) - 5} more" if len(not_ready) > 5 else ""
         return f"{line}; not ready: {', '.join(shown)}{more}"
 
