@@ -9,7 +9,8 @@
 #
 # Environment:
 #   CEPHCSI_SOURCE_TARBALL             ceph-csi source, `git archive` of the tag with vendor/
-#                                      (default: ../shared/cephcsi/ceph-csi-v3.12.2.tar.xz beside the repo)
+#                                      (default: the first shared/cephcsi/ceph-csi-v3.12.2.tar.xz
+#                                      beside the repo or one of its parents, else in /work/shared)
 #   RBD_MIRROR_RECONCILER_CEPHCSI_CACHE  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/rbd-mirror-reconciler/cephcsi)
 #   CEPHCSI_BUILD_JOBS                 parallel compile jobs (default: number of cores)
 #   GO                                 go command (default: go on PATH, else /usr/local/go/bin/go)
@@ -32,7 +33,18 @@ build_tags=squid,ceph_preview
 
 log() { printf '[build-cephcsi %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-tarball=${CEPHCSI_SOURCE_TARBALL:-$(dirname "$repo_root")/shared/cephcsi/ceph-csi-$cephcsi_tag.tar.xz}
+# The tarball is not a Go module (its v3 tags lack a /v3 path) and GitHub is out of reach here, so
+# it comes from the workplace's shared folder: beside the checkout (a clone elsewhere, e.g. CI's,
+# looks up its parents) or at the workplace's own path.
+find_tarball() {
+	local name="shared/cephcsi/ceph-csi-$cephcsi_tag.tar.xz" dir=$repo_root
+	while [[ $dir != / ]]; do
+		dir=$(dirname "$dir")
+		[[ -f $dir/$name ]] && { echo "$dir/$name"; return; }
+	done
+	echo "/work/$name"
+}
+tarball=${CEPHCSI_SOURCE_TARBALL:-$(find_tarball)}
 cache_root=${RBD_MIRROR_RECONCILER_CEPHCSI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rbd-mirror-reconciler/cephcsi}
 out_dir="$cache_root/$cephcsi_tag"
 binary="$out_dir/cephcsi"
