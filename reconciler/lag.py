@@ -3,15 +3,17 @@
     refresh, every --interval                      scrape, any number of them
     ─────────────────────────                      ──────────────────────────
     per pool: reconciler.mirror.list_pool    ──>   cached listings ──> age = now - snapshot time
-      (three pool-level listings)
+      (pool-level listings; the info one kept)
     images whose status has no snapshot time:
       the time remembered from an earlier listing,
       else snapshot_times (image opens, bounded)
     PVs (informer cache) ──> (pool, image) -> PV, PVC
 
-Scrapes never reach Ceph: however many Prometheus servers scrape, Ceph answers three listings a
-pool per interval, plus one image open for each image whose status lacks the time and whose time
-was never seen (at most `max_snapshot_reads` a refresh; re-read after `snapshot_reread` s).
+Scrapes never reach Ceph: however many Prometheus servers scrape, Ceph answers two listings a
+pool per interval (`list2`, the status: one omap read each), the mirror info listing once per
+`info_interval` (librbd reads each image's header for it; new images in between are asked one by
+one), plus one image open for each image whose status lacks the time and whose time was never
+seen (at most `max_snapshot_reads` a refresh; re-read after `snapshot_reread` s).
 
     rbd_mirror_reconciler_image_snapshot_age_seconds{pool,rados_namespace,image,pv,
         pvc_namespace,pvc_name,state}      non-primary images with a complete snapshot
@@ -21,6 +23,8 @@ was never seen (at most `max_snapshot_reads` a refresh; re-read after `snapshot_
     rbd_mirror_reconciler_pool_listing_timestamp_seconds{pool,rados_namespace}
     rbd_mirror_reconciler_pool_listing_errors_total{pool,rados_namespace}
     rbd_mirror_reconciler_image_snapshot_reads_total          image opens for snapshot times
+    rbd_mirror_reconciler_pool_info_listings_total{pool,rados_namespace}   info listings
+    rbd_mirror_reconciler_image_info_reads_total              images asked for their info alone
 
 `state` is what `rbd mirror image status` prints on this site ("up+replaying", "down+stopped",
 ...); `pool_images` also counts "primary" (promoted here) and "disabled" (not mirrored) images.
@@ -35,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -88,6 +93,9 @@ class LagSettings:
     """The RPO the admin set, exported for the alert to compare ages with."""
     interval: float = 30.0
     """Seconds between refreshes (the listings); scrapes in between are served from the cache."""
+    info_interval: float = 300.0
+    """Seconds an info listing (about 4 OSD reads an image) is kept: images new since then are
+    asked one by one, and promotions show in the status, read every refresh."""
     max_snapshot_reads: int = 200
     """Image opens a refresh may spend on images whose status lacks a snapshot time."""
     snapshot_reread: float = 600.0
@@ -120,6 +128,9 @@ class MirrorLag(Collector):
         self.errors: Counter[tuple[str, str]] = Counter({pool: 0 for pool in settings.pools})
         self.remembered: dict[tuple[str, str, str], Remembered] = {}
         self.snapshot_reads = 0
+        self.info_reads = 0
+        self.info_listings: Counter[tuple[str, str]] = Counter({pool: 0 for pool in settings.pools})
+        self.infos: dict[tuple[str, str], tuple[dict[str, dict[str, Any]], float]] = {}
         self.labels: dict[tuple[str, str], VolumeLabels] = {}
 
     def listed_once(self) -> bool:
@@ -142,7 +153,7 @@ class MirrorLag(Collector):
         for pool, namespace in self.settings.pools:
             try:
                 ceph = await self.connect()
-                listing = await list_pool(ceph, pool, namespace)
+                listing = await self._list(ceph, pool, namespace)
                 budget -= await self._fill_times(ceph, listing, budget)
             except ReconcilerError as err:
                 self.errors[(pool, namespace)] += 1
@@ -152,6 +163,21 @@ class MirrorLag(Collector):
                 )
                 continue
             self.listings[(pool, namespace)] = listing
+
+    async def _list(self, ceph: CephConnection, pool: str, namespace: str) -> PoolListing:
+        """The pool listed, with the info listing kept for `info_interval` seconds."""
+        now = time.monotonic()
+        cached = self.infos.get((pool, namespace))
+        fresh = cached is not None and now - cached[1] < self.settings.info_interval
+        listing = await list_pool(
+            ceph, pool, namespace, infos=cached[0] if cached is not None and fresh else None
+        )
+        self.info_reads += listing.info_reads
+        if listing.info_listed:
+            self.info_listings[(pool, namespace)] += 1
+        listed_at = now if listing.info_listed or cached is None else cached[1]
+        self.infos[(pool, namespace)] = (listing.infos, listed_at)
+        return listing
 
     async def _fill_times(self, ceph: CephConnection, listing: PoolListing, budget: int) -> int:
         """Give replicas without a time in their status the remembered one, or read it from the
@@ -205,12 +231,15 @@ class MirrorLag(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families = _families()
-        age, rpo, images, duration, listed, errors, reads = families
+        age, rpo, images, duration, listed, errors, reads, info_listings, info_reads = families
         now = self.now()
         rpo.add_metric([], self.settings.rpo)
         reads.add_metric([], self.snapshot_reads)
+        info_reads.add_metric([], self.info_reads)
         for (pool, namespace), count in sorted(self.errors.items()):
             errors.add_metric([pool, namespace], count)
+        for (pool, namespace), count in sorted(self.info_listings.items()):
+            info_listings.add_metric([pool, namespace], count)
         for (pool, namespace), listing in sorted(self.listings.items()):
             duration.add_metric([pool, namespace], listing.duration)
             listed.add_metric([pool, namespace], listing.listed_at)
@@ -244,6 +273,8 @@ def _families() -> tuple[
     GaugeMetricFamily,
     GaugeMetricFamily,
     GaugeMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
     CounterMetricFamily,
     CounterMetricFamily,
 ]:
@@ -282,6 +313,15 @@ def _families() -> tuple[
         CounterMetricFamily(
             f"{PREFIX}_image_snapshot_reads",
             "Images opened to read their snapshots because their status had no snapshot time",
+        ),
+        CounterMetricFamily(
+            f"{PREFIX}_pool_info_listings",
+            "Mirror info listings of the pool (librbd reads every image's header for one)",
+            labels=POOL_LABELS,
+        ),
+        CounterMetricFamily(
+            f"{PREFIX}_image_info_reads",
+            "Images asked for their mirror info one by one (new since the last info listing)",
         ),
     )
 

@@ -5,10 +5,14 @@
     mirror_image_status_list   mirrored images: this site's rbd-mirror status (state, up,
                                description, last update)
 
-These are the three calls `rbd mirror pool status --verbose` makes, whatever the number of images
-(librbd pages them itself). For snapshot-based mirroring the status description of a replaying
-image carries `local_snapshot_timestamp`: the creation time, on the primary, of the newest
-snapshot copied here completely. Failing over now gives the image as it was then, so its age is
+These are the calls `rbd mirror pool status --verbose` makes. `list2` and the status listing
+each read one object's omap (paged by librbd), whatever the number of images; the info listing
+reads each image's header inside librbd (about 4 OSD reads an image), so callers that list
+often keep its answer (`infos`), and the status, read every time, corrects it after a promotion.
+
+For snapshot-based mirroring the status description of a replaying image carries
+`local_snapshot_timestamp`: the creation time, on the primary, of the newest snapshot copied
+here completely. Failing over now gives the image as it was then, so its age is
 the RPO you would get now.
 
 rbd-mirror reports that timestamp only while it replays: stopped gracefully, the status says just
@@ -45,6 +49,11 @@ STATUS_STATES = {
 #: librbd's RBD_MIRROR_IMAGE_MODE_* and RBD_MIRROR_IMAGE_* (enabled state).
 MIRROR_MODES = {0: "journal", 1: "snapshot"}
 MIRROR_ENABLED = 1
+DISABLED = 2
+#: rbd-mirror's description of an image that is primary on its site: it replays nothing.
+LOCAL_PRIMARY = "local image is primary"
+#: States in which rbd-mirror replays an image here, which it does only while it is not primary.
+REPLAYING_STATES = frozenset({2, 3, 4})
 #: librbd's RBD_SNAP_NAMESPACE_TYPE_MIRROR and RBD_SNAP_MIRROR_STATE_NON_PRIMARY.
 SNAP_NAMESPACE_MIRROR = 3
 SNAP_MIRROR_NON_PRIMARY = 2
@@ -138,7 +147,13 @@ class PoolListing:
     listed_at: float = 0.0
     """Wall-clock time the listing ended."""
     duration: float = 0.0
-    """Seconds the three listings took together."""
+    """Seconds the listings took together."""
+    infos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Image ID -> mirror info (state, mode, global ID, primary), for the next listing."""
+    info_listed: bool = False
+    """Whether `mirror_image_info_list` was called (else `infos` came from an earlier one)."""
+    info_reads: int = 0
+    """Images asked for their mirror info one at a time (new since the last info listing)."""
 
     def by_name(self) -> dict[str, MirrorImage]:
         return {image.name: image for image in self.images}
@@ -161,6 +176,13 @@ def merge_listing(
         status = status_by_id.get(image_id) or {}
         mirrored = info.get("state") == MIRROR_ENABLED
         description = str(status.get("description") or "")
+        primary = bool(info.get("primary"))
+        # The status is read every time, the info maybe minutes ago: a promotion or demotion
+        # since then shows in rbd-mirror's status first.
+        if status.get("up") and description == LOCAL_PRIMARY:
+            primary = True
+        elif status.get("up") and status.get("state") in REPLAYING_STATES:
+            primary = False
         snapshot_time = synced_snapshot_time(description) if mirrored else None
         merged.append(
             MirrorImage(
@@ -171,7 +193,7 @@ def merge_listing(
                 mirrored=mirrored,
                 mode=MIRROR_MODES.get(info.get("mode", -1), "") if mirrored else "",
                 global_id=str(info.get("global_id") or ""),
-                primary=bool(info.get("primary")) if mirrored else None,
+                primary=primary if mirrored else None,
                 state=status_state(status["state"], status.get("up")) if status else "",
                 description=description,
                 last_update=utc_seconds(status.get("last_update")),
@@ -182,29 +204,59 @@ def merge_listing(
     return merged
 
 
-async def list_pool(ceph: CephConnection, pool: str, namespace: str = "") -> PoolListing:
-    """The pool's images with their mirroring, in three pool-level listings (one thread)."""
+async def list_pool(
+    ceph: CephConnection,
+    pool: str,
+    namespace: str = "",
+    *,
+    infos: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PoolListing:
+    """The pool's images with their mirroring, on one thread: `list2` and the status listing
+    (each a read of one omap, whatever the number of images), and the mirror info.
+
+    `mirror_image_info_list` is a pool-level call, but librbd reads each image's header and
+    snapshots for it (about 4 OSD reads an image): given `infos` from an earlier listing (image
+    ID -> info), it is not called, and only images new since then are asked, one at a time."""
     rbd = _rbd()
 
-    def listings(ioctx: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    def listings(ioctx: Any) -> tuple[list[Any], dict[str, Any], list[Any], int]:
         client = rbd.RBD()
-        return (
-            list(client.list2(ioctx)),
-            list(client.mirror_image_info_list(ioctx)),
-            list(client.mirror_image_status_list(ioctx)),
-        )
+        images = list(client.list2(ioctx))
+        statuses = list(client.mirror_image_status_list(ioctx))
+        if infos is None:
+            listed = dict(client.mirror_image_info_list(ioctx))
+            known = {**{str(i["id"]): {"state": DISABLED} for i in images}, **listed}
+            return images, known, statuses, 0
+        known = {str(i["id"]): dict(info) for i, info in _known(images, infos)}
+        new = [i for i in images if str(i["id"]) not in known]
+        for image in new:
+            try:
+                with rbd.Image(ioctx, image["name"], read_only=True) as opened:
+                    known[str(image["id"])] = dict(opened.mirror_image_get_info())
+            except rbd.ImageNotFound:
+                continue
+        return images, known, statuses, len(new)
 
     began = time.monotonic()
-    images, infos, statuses = await ceph.run_with(
+    images, known, statuses, reads = await ceph.run_with(
         f"listing the images and mirror status of pool {pool!r}", listings, pool, namespace
     )
     return PoolListing(
         pool=pool,
         namespace=namespace,
-        images=merge_listing(pool, namespace, images, infos, statuses),
+        images=merge_listing(pool, namespace, images, list(known.items()), statuses),
         listed_at=time.time(),
         duration=time.monotonic() - began,
+        infos=known,
+        info_listed=infos is None,
+        info_reads=reads,
     )
+
+
+def _known(
+    images: Sequence[Mapping[str, Any]], infos: Mapping[str, Mapping[str, Any]]
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    return [(i, infos[str(i["id"])]) for i in images if str(i["id"]) in infos]
 
 
 def newest_synced_snapshot(snapshots: Sequence[Mapping[str, Any]]) -> int | None:

@@ -55,7 +55,7 @@ def register(commands: Any) -> None:
         "exporter",
         help="serve per-image mirroring lag (snapshot age) of this site as Prometheus metrics",
         description="On the secondary site: list each pool's images and rbd-mirror status every "
-        "--interval (three pool-level listings, not one call per image) and serve, per "
+        "--interval (pool-level listings, not one call per image) and serve, per "
         "non-primary image, the age of its newest completely synced mirror snapshot, labelled "
         "with its PV and PVC, and the RPO to compare it with. Runs until SIGTERM or SIGINT.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -82,6 +82,13 @@ def register(commands: Any) -> None:
         type=positive_float,
         default=LagSettings.interval,
         help="seconds between listings; scrapes in between are served from the last one",
+    )
+    parser.add_argument(
+        "--info-interval",
+        type=positive_float,
+        default=LagSettings.info_interval,
+        help="seconds a mirror info listing is kept (librbd reads every image's header for one; "
+        "new images in between are asked one by one, promotions show in the status)",
     )
     parser.add_argument(
         "--max-snapshot-reads",
@@ -120,6 +127,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
         pools=tuple(dict.fromkeys((p, ns or args.rados_namespace) for p, ns in args.pools)),
         rpo=args.rpo,
         interval=args.interval,
+        info_interval=args.info_interval,
         max_snapshot_reads=args.max_snapshot_reads,
         driver=args.driver_name,
     )

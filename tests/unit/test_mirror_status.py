@@ -114,3 +114,20 @@ def test_the_newest_complete_non_primary_snapshot_is_the_synced_one() -> None:
     ]
     assert newest_synced_snapshot(snapshots) == 7
     assert newest_synced_snapshot([snap(9, 2, False)]) is None
+
+
+def test_the_status_read_now_corrects_an_older_info_listing() -> None:
+    """Info listings are kept for minutes; a promotion or demotion since shows in the status."""
+    images = [{"id": "p", "name": "promoted-since"}, {"id": "d", "name": "demoted-since"}]
+    infos = [
+        ("p", {"mode": 1, "global_id": "gp", "state": 1, "primary": False}),
+        ("d", {"mode": 1, "global_id": "gd", "state": 1, "primary": True}),
+    ]
+    statuses = [
+        {"id": "p", "state": 6, "description": "local image is primary", "up": True},
+        {"id": "d", "state": 4, "description": REPLAYING, "up": True},
+    ]
+    merged = {i.name: i for i in merge_listing("rbd", "", images, infos, statuses)}
+    assert merged["promoted-since"].primary is True
+    assert merged["demoted-since"].primary is False
+    assert merged["demoted-since"].replica
