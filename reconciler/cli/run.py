@@ -45,6 +45,7 @@ from reconciler.k8s import (
 )
 from reconciler.k8s.conditions import is_ready
 from reconciler.k8s.events import EventRecorder
+from reconciler.k8s.intern import interning
 from reconciler.k8s.leader import default_identity
 from reconciler.kinds import (
     CIDM_CLUSTER_INDEX,
@@ -292,12 +293,12 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
     volumes = manager.informer(
         PERSISTENT_VOLUMES,
         indexers={PV_CLUSTER_INDEX: index_pv_cluster, PV_POOL_INDEX: index_pv_pool},
-        transform=pv_trimmer(config.driver_name),
+        transform=interning(pv_trimmer(config.driver_name)),
     )
     volume_handle_mappings = manager.informer(
         VOLUME_HANDLE_MAPPINGS,
         indexers={VHM_HANDLE_INDEX: index_vhm_handle, VHM_POOL_INDEX: index_vhm_pool},
-        transform=without_managed_fields,
+        transform=interning(without_managed_fields),
     )
     cluster_id_mappings = manager.informer(
         CLUSTER_ID_MAPPINGS, indexers={CIDM_CLUSTER_INDEX: index_cidm_clusters}

@@ -36,6 +36,8 @@ IMAGE_BYTES = 16 << 20
 THREADS = 128
 JOURNAL_PREFIX = "csi.volume"
 DIRECTORY_PREFIX = "csi.volumes."
+#: Omap keys read per op (the OSD's default osd_max_omap_entries_per_request is 1024).
+PAGE = 1000
 
 
 @contextmanager
@@ -83,7 +85,9 @@ def clear_journals(cluster: CephCluster, pool: str, threads: int = 32) -> int:
 
 
 class JournalCounter:
-    """Counts the request names in a journal's directory object; one OSD read op per call."""
+    """Counts the request names in a journal's directory object: one OSD read op per page of
+    keys (the OSD answers at most `osd_max_omap_entries_per_request`, 1024, per op); `reads`
+    counts the ops."""
 
     def __init__(self, cluster: CephCluster, pool: str, instance_id: str = "default") -> None:
         self._client = rados.Rados(conffile=str(cluster.conf))
@@ -92,15 +96,21 @@ class JournalCounter:
         self.oid = f"{DIRECTORY_PREFIX}{instance_id}"
         self.reads = 0
 
-    def count(self, limit: int = 1_000_000) -> int:
-        self.reads += 1
-        try:
-            with rados.ReadOpCtx() as op:
-                keys, _ = self._ioctx.get_omap_keys(op, "", limit)
-                self._ioctx.operate_read_op(op, self.oid)
-                return sum(1 for _ in keys)
-        except rados.ObjectNotFound:
-            return 0
+    def count(self) -> int:
+        total, after = 0, ""
+        while True:
+            self.reads += 1
+            try:
+                with rados.ReadOpCtx() as op:
+                    pages, _ = self._ioctx.get_omap_keys(op, after, PAGE)
+                    self._ioctx.operate_read_op(op, self.oid)
+                    keys = [key for key, _ in pages]
+            except rados.ObjectNotFound:
+                return 0
+            total += len(keys)
+            if len(keys) < PAGE:
+                return total
+            after = keys[-1]
 
     def close(self) -> None:
         self._ioctx.close()
