@@ -33,21 +33,29 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.handle import VolumeHandle
-from reconciler.k8s import ApiSettings, Event, EventType, Informer, make_api_client, request_json
-from reconciler.k8s.conditions import is_ready
-from reconciler.kinds import PERSISTENT_VOLUMES, VOLUME_HANDLE_MAPPINGS
+from reconciler.k8s import make_api_client
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import CSI_CAPS, CSI_USER, CephCluster
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.csidriver import build_cephcsi, config_json, start_journal_regenerator
-from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
+from reconciler.sandbox.failover import (
+    LOCAL,
+    NAMESPACE,
+    POOL,
+    REMOTE,
+    REMOTE_POOL_ID,
+    ReadyTracker,
+    World,
+    cpu_by_daemon,
+    server_cpu,
+    start_world,
+    stop_world,
+)
+from reconciler.sandbox.kube import KubeBinaries
 from reconciler.sandbox.scale import (
     JournalCounter,
     OsdOps,
@@ -55,19 +63,14 @@ from reconciler.sandbox.scale import (
     Usage,
     apiserver_requests,
     clear_journals,
-    create_images,
     osd_ops,
     process_usage,
     requests_between,
 )
 
-POOL = "replicapool"
-LOCAL, REMOTE = "site-b", "site-a"
-REMOTE_POOL_ID = 7
-NAMESPACE = "rook-ceph"  # ceph-csi's namespace: its Secret, config and Leases
-SECRET = "rook-csi-rbd-provisioner"
 WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
-COMMAND = "make bench  (or: .venv/bin/python bench/bench_failover.py --volumes 100 1000 10000)"
+#: Resources the controller writes (ceph-csi's regenerator writes none).
+OURS = ("volumehandlemappings", "clusteridmappings", "events", "configmaps", "persistentvolumes")
 
 
 @dataclass
@@ -82,6 +85,8 @@ class Run:
     readyz_max: float = 0.0
     server_cpu: float = 0.0
     """CPU seconds kube-apiserver and etcd spent meanwhile."""
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
+    """The machine's 1-minute load average when the run started."""
 
     @property
     def seconds(self) -> float | None:
@@ -99,140 +104,17 @@ class Run:
     def throttled(self) -> int:
         return sum(v for (_, _, code), v in self.requests.items() if code == "429")
 
-
-# the world ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class World:
-    cluster: CephCluster
-    kube: KubeSandbox
-    work: Path
-    volumes: list[tuple[str, str]]  # (PV name, object UUID)
-    key: str
-
-    @property
-    def local_pool_id(self) -> int:
-        return self.cluster.pool_id(POOL)
-
-
-def start_world(
-    base: Path, binaries: KubeBinaries, checkout: Checkout, count: int, *, mirrored: bool
-) -> World:
-    began = time.monotonic()
-    cluster = CephCluster.start(LOCAL, base / "ceph")
-    try:
-        cluster.create_pool("site-b-scratch")  # so the pool's ID here is not the old one
-        cluster.create_pool(POOL)
-        cluster.init_rbd_pool(POOL)
-        if mirrored:
-            cluster.rbd("mirror", "pool", "enable", POOL, "image", "--site-name", LOCAL)
-        key = cluster.create_user(CSI_USER, CSI_CAPS)
-        volumes = [(f"pvc-{uuid.uuid4()}", str(uuid.uuid4())) for _ in range(count)]
-        create_images(cluster, POOL, [f"csi-vol-{u}" for _, u in volumes], mirrored=mirrored)
-        print(f"  Ceph site with {count} images in {time.monotonic() - began:.0f} s", flush=True)
-        kube = KubeSandbox(base / "kube", binaries).start()
-    except BaseException:
-        cluster.stop()
-        raise
-    world = World(cluster, kube, base, volumes, key)
-    try:
-        populate(world, checkout)
-    except BaseException:
-        stop_world(world)
-        raise
-    print(f"  world ready in {time.monotonic() - began:.0f} s", flush=True)
-    return world
-
-
-def stop_world(world: World) -> None:
-    world.kube.stop()
-    world.cluster.stop()
-
-
-def populate(world: World, checkout: Checkout) -> None:
-    cfg = world.kube.kubeconfig
-    site.install_crds(cfg, checkout)
-    site.install_rbac(cfg, checkout, NAMESPACE, world.work)
-    site.apply(
-        cfg,
-        site.ceph_csi_secret(SECRET, NAMESPACE, CSI_USER, world.key),
-        site.ceph_csi_config(NAMESPACE, {LOCAL: world.cluster.monitors}),
-        site.cluster_id_mapping("site-a-site-b", REMOTE, LOCAL, [{"name": POOL}]),
-    )
-    asyncio.run(create_pvs(world))
-    # The PV binder would mark each pre-bound PV Available: be sure it has nothing left to do.
-    started = time.monotonic()
-    while True:
-        items = world.kube.request("GET", "/api/v1/persistentvolumes")["items"]
-        if sum((pv.get("status") or {}).get("phase") == "Available" for pv in items) == len(
-            world.volumes
-        ):
-            break
-        if time.monotonic() - started > 600:
-            raise TimeoutError("the PV binder did not mark every PV Available")
-        time.sleep(2)
-
-
-async def create_pvs(world: World) -> None:
-    api = await make_api_client(world.kube.kubeconfig, ApiSettings(qps=5000, burst=5000))
-    limit = asyncio.Semaphore(32)
-
-    async def create(name: str, object_uuid: str) -> None:
-        handle = VolumeHandle(REMOTE, REMOTE_POOL_ID, object_uuid).encode()
-        pv = site.static_pv(
-            name,
-            handle,
-            cluster_id=REMOTE,
-            pool=POOL,
-            image_name=f"csi-vol-{object_uuid}",
-            claim=(f"claim-{name}", "apps"),
-        )
-        async with limit:
-            await request_json(api, "POST", PERSISTENT_VOLUMES.collection_path(), pv)
-            # What the PV binder would write for a PV pre-bound to a claim that does not exist
-            # (yet), at kube-controller-manager's 20 writes/s: written here, it has nothing to do.
-            await request_json(
-                api,
-                "PATCH",
-                PERSISTENT_VOLUMES.object_path(name) + "/status",
-                {"status": {"phase": "Available"}},
-                content_type="application/merge-patch+json",
-            )
-
-    try:
-        await asyncio.gather(*(create(name, u) for name, u in world.volumes))
-    finally:
-        await api.close()
+    def our_writes(self) -> Counter[str]:
+        """Writes to what the controller writes, by verb and resource: the API server's own
+        lease and endpoints upkeep left out."""
+        writes: Counter[str] = Counter()
+        for (verb, resource, _), value in self.requests.items():
+            if verb in WRITE_VERBS and resource.split("/")[0] in OURS:
+                writes[f"{verb} {resource}"] += value
+        return writes
 
 
 # measuring ---------------------------------------------------------------------------------------
-
-
-class ReadyTracker:
-    """Watches VolumeHandleMappings and keeps the names of the Ready ones."""
-
-    def __init__(self, api: Any) -> None:
-        self.ready: set[str] = set()
-        self.informer = Informer(api, VOLUME_HANDLE_MAPPINGS, transform=_slim)
-        self.informer.add_handler(self._on_event)
-
-    def _on_event(self, event: Event) -> None:
-        if event.type is not EventType.DELETED and is_ready(event.obj):
-            self.ready.add(event.key)
-        else:
-            self.ready.discard(event.key)
-
-
-def _slim(obj: dict[str, Any]) -> dict[str, Any]:
-    status = obj.get("status") or {}
-    return {
-        "metadata": {k: obj["metadata"].get(k) for k in ("name", "resourceVersion", "generation")},
-        "status": {
-            "observedGeneration": status.get("observedGeneration"),
-            "conditions": status.get("conditions") or [],
-        },
-    }
 
 
 async def measure(
@@ -295,17 +177,6 @@ async def measure(
         with contextlib.suppress(asyncio.CancelledError):
             await watching
         await api.close()
-
-
-def server_cpu(kube: KubeSandbox) -> float:
-    pids = kube.pids()
-    return sum(process_usage(pids[name]).cpu_seconds for name in ("kube-apiserver", "etcd"))
-
-
-def cpu_by_daemon(world: World) -> dict[str, float]:
-    """CPU seconds so far of every daemon of the world (a breakdown printed with each run)."""
-    pids = {**world.kube.pids(), **{d.name: d.pid for d in world.cluster.daemons.daemons}}
-    return {name: process_usage(pid).cpu_seconds for name, pid in pids.items()}
 
 
 def handle_usage(handle: Any) -> Usage:
@@ -453,15 +324,15 @@ def row(run: Run) -> str:
     return (
         f"| {n} | {run.name} | {seconds(run.journals)} | {seconds(run.ready)} | {rate} | {verbs} "
         f"| {rados} | {cpu} | {rss} | {run.server_cpu:.1f} | {run.throttled()} "
-        f"| {run.readyz_max * 1000:.0f} |"
+        f"| {run.readyz_max * 1000:.0f} | {run.load:.1f} |"
     )
 
 
 HEADER = (
     "| N | run | s to journals | s to all Ready | PV/s | API requests per PV, by verb "
     "| RADOS ops per PV (writes) | CPU s (per PV) | peak RSS MiB | API server + etcd CPU s "
-    "| 429s | max /readyz ms |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| 429s | max /readyz ms | load |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -481,14 +352,24 @@ def report(runs: list[Run], markdown: Path | None, args: argparse.Namespace) -> 
     for run in runs:
         print(f"\n  {run.name}, N={run.volumes}: API GETs and writes")
         print("\n".join(detail(run)) or "    none")
+    writes = "\n".join(
+        f"- N={run.volumes}, {run.name}: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(run.our_writes().items())) or "none")
+        + f"; RADOS writes {run.osd.writes + run.osd.read_writes}"
+        for run in runs
+    )
+    print("\nAPI writes to the controller's resources, in total:\n" + writes)
     if markdown is None:
         return
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- bench_failover:begin -->\n## Failover at scale (`bench/bench_failover.py`)\n\n"
         f"Measured {stamp} on this 2-core machine, load average {load[0]:.2f} "
-        f"{load[1]:.2f} {load[2]:.2f} at the end, by\n\n    {' '.join(sys.argv)}\n\n"
-        f"{table}\n<!-- bench_failover:end -->\n"
+        f"{load[1]:.2f} {load[2]:.2f} at the end, by (`make bench` runs the same)\n\n"
+        f"    .venv/bin/python {' '.join(sys.argv)}\n\n"
+        f"{table}\n\nAPI writes to the controller's resources (VolumeHandleMappings, "
+        f"ClusterIDMappings, Events, ConfigMaps, PVs), in total per run, and RADOS writes:\n\n"
+        f"{writes}\n<!-- bench_failover:end -->\n"
     )
     text = markdown.read_text() if markdown.exists() else "# Benchmarks\n\n"
     begin, end = "<!-- bench_failover:begin -->", "<!-- bench_failover:end -->\n"
