@@ -15,6 +15,7 @@ write (no --manage-csi-config), `missing_entries` says what an admin must add by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Collection, Iterable, Mapping
@@ -63,7 +64,7 @@ class Rendered:
 
     text: str
     owned: frozenset[str]
-    """config.json: clusterIDs; cluster-mapping.json: '["siteA", "siteB"]' pairs."""
+    """config.json: clusterIDs; cluster-mapping.json: digests of the entries' content."""
     entries: tuple[tuple[str, str], ...]
     """(entry ID, the ClusterIDMapping it was rendered for), in order."""
 
@@ -92,9 +93,12 @@ def config_id(entry: Mapping[str, Any]) -> str:
 
 
 def mapping_id(entry: Mapping[str, Any]) -> str:
-    ids = field(entry, "clusterIDMapping")
-    pairs = list(ids.items()) if isinstance(ids, dict) else []
-    return json.dumps(list(pairs[0])) if len(pairs) == 1 else ""
+    """The entry's content, whatever the case of its keys and without the mark: an admin's own
+    entry for the same pair of clusterIDs (say, with CephFSFscIDMapping) is not ours, while ours
+    re-encoded by Rook still is."""
+    content = {k.casefold(): v for k, v in entry.items() if k != RENDERED_BY}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _ours(entry: Mapping[str, Any], entry_id: str, owned: Collection[str]) -> bool:

@@ -221,3 +221,14 @@ def test_what_is_ours_survives_a_writer_that_drops_the_mark() -> None:
     # Go decodes keys whatever their case: the entry still counts, and is recognised as ours.
     assert missing_entries(obj, config.text, rook_written, LAYOUT) == []
     assert json.loads(render_cluster_mapping([], rook_written, mapping_file.owned).text) == []
+
+
+def test_an_admins_entry_for_the_same_pair_of_cluster_ids_is_not_ours() -> None:
+    obj = ready_on_site_b()
+    first = render_cluster_mapping([obj])
+    by_hand = {"clusterIDMapping": {"site-a": "site-b"}, "CephFSFscIDMapping": [{"1": "3"}]}
+    existing = json.dumps([by_hand, *json.loads(first.text)])
+    again = render_cluster_mapping([obj], existing, first.owned)
+    assert json.loads(again.text) == [by_hand, *json.loads(first.text)]
+    # With the mapping gone, ours goes and the admin's stays.
+    assert json.loads(render_cluster_mapping([], again.text, again.owned).text) == [by_hand]
