@@ -16,9 +16,10 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kubernetes_asyncio.client import ApiClient
 
@@ -269,16 +270,20 @@ class ProgressLine:
     """`preflight: 1200/10000 PVs checked` on stderr every PROGRESS_EVERY seconds: nothing for a
     short run, a last line at the end of a long one."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, stream: TextIO | None = None
+    ) -> None:
+        self.clock = clock
+        self.stream = stream
+        self.started = clock()
         self.shown = self.started
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.shown >= PROGRESS_EVERY or (done == total and self.shown > self.started):
             self.shown = now
             print(
                 f"preflight: {done}/{total} PVs checked ({now - self.started:.0f} s)",
-                file=sys.stderr,
+                file=self.stream or sys.stderr,
                 flush=True,
             )

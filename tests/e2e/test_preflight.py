@@ -187,6 +187,42 @@ def test_ready_before_a_failover(world: World) -> None:
         assert not {f"csi.volume.{v.pv_name}" for v in world.volumes} & keys
 
 
+def test_pvs_listed_from_a_live_api_server(world: World) -> None:
+    """Without --pv-file the PVs come from the API server (here --kubeconfig's, which
+    --pvs-kubeconfig would point at site-a's), narrowed with --pv."""
+    volume = world.volumes[1]
+    site.apply(world.kube.kubeconfig, world.pv(volume))
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "preflight",
+                "--local-cluster-id",
+                "site-b",
+                "--kubeconfig",
+                str(world.kube.kubeconfig),
+                "--csi-config-namespace",
+                NAMESPACE,
+                "--pv",
+                volume.pv_name,
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        site.kubectl(world.kube, "delete", "pv", volume.pv_name, "--wait=false")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert [v["pv"] for v in report["volumes"]] == [volume.pv_name]
+    assert report["ready"] is True
+
+
 def test_a_missing_image_is_named(world: World) -> None:
     pvs = [world.pv(world.volumes[0]), world.pv(world.unmirrored)]
     done = world.preflight(world.pv_file("missing", pvs))

@@ -4,12 +4,14 @@ image's mirroring and snapshot age, and the table/JSON/summary rendering."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from typing import Any
 
 import pytest
 
 from reconciler.cli.flags import duration as parse_duration
+from reconciler.cli.preflight import ProgressLine
 from reconciler.csiconfig import layout
 from reconciler.handle import VolumeHandle
 from reconciler.mirror import FROM_SNAPSHOT, FROM_STATUS, MirrorImage
@@ -307,3 +309,26 @@ def test_duration_flags(text: str, seconds: float) -> None:
 def test_bad_duration_flags_are_usage_errors(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+def test_progress_shows_on_long_runs_only() -> None:
+    now = [0.0]
+    short, long = io.StringIO(), io.StringIO()
+    quick = ProgressLine(lambda: now[0], short)
+    for done in range(1, 4):
+        now[0] += 0.1
+        quick(done, 3)
+    assert short.getvalue() == ""
+
+    now[0] = 0.0
+    slow = ProgressLine(lambda: now[0], long)
+    for done in range(1, 11):
+        now[0] += 1.0
+        slow(done, 10)
+    assert long.getvalue().splitlines() == [
+        "preflight: 2/10 PVs checked (2 s)",
+        "preflight: 4/10 PVs checked (4 s)",
+        "preflight: 6/10 PVs checked (6 s)",
+        "preflight: 8/10 PVs checked (8 s)",
+        "preflight: 10/10 PVs checked (10 s)",
+    ]
