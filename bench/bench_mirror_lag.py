@@ -33,7 +33,8 @@ import rados
 import rbd
 from prometheus_client import CollectorRegistry, generate_latest
 
-from reconciler.cephconn import ConnectionPool, Credentials
+from reconciler.cephconn import Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.lag import LagSettings, MirrorLag
 from reconciler.mirror import list_pool
 from reconciler.sandbox.ceph import CSI_USER, CephCluster

@@ -19,7 +19,8 @@ from pathlib import Path
 import rados
 import rbd
 
-from reconciler.cephconn import ConnectionPool, Credentials
+from reconciler.cephconn import Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.regenerate import LocalCluster, regenerate
 from reconciler.sandbox.ceph import CSI_CAPS, CSI_USER, CephCluster
 from reconciler.volume import CSIVolume

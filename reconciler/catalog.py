@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from reconciler.cephbindings import import_binding
 from reconciler.cephconn import ImageInfo
-from reconciler.cephconn import _import as import_binding
 from reconciler.errors import CephError
 from reconciler.k8s import MONOTONIC, Clock
 from reconciler.regenerate import CephAccess

@@ -12,7 +12,8 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
-from reconciler.cephconn import Credentials, cephx_key_problem
+from reconciler.cephbindings import cephx_key_problem
+from reconciler.cephconn import Credentials
 from reconciler.csiconfig import ConfigKey
 from reconciler.errors import InvalidSecret, SecretNotFound
 from reconciler.k8s import ApiStatusError, KubeObject, Resource, request_json

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.cephbindings import import_binding
 from reconciler.cephconn import CephConnection
-from reconciler.cephconn import _import as import_binding
 
 #: librbd's MIRROR_IMAGE_STATUS_STATE_*, named as `rbd mirror image status` prints them.
 STATUS_STATES = {

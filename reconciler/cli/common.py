@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from reconciler.cephconn import DEFAULT_TIMEOUT, CephConnection, ConnectionPool, Credentials
+from reconciler.cephconn import DEFAULT_TIMEOUT, CephConnection, Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.errors import InvalidInput, ReconcilerError
 
 T = TypeVar("T")

@@ -22,7 +22,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from reconciler.cephconn import CephConnection, ConnectionPool, Credentials
+from reconciler.cephconn import CephConnection, Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.cli.common import EXIT_USAGE, add_ceph_flags, fail
 from reconciler.cli.flags import host_port, positive_float, positive_int
 from reconciler.controllers.volumes import DEFAULT_DRIVER

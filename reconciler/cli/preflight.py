@@ -23,7 +23,9 @@ from typing import Any, TextIO
 
 from kubernetes_asyncio.client import ApiClient
 
-from reconciler.cephconn import DEFAULT_TIMEOUT, ConnectionPool, Credentials, cephx_key_problem
+from reconciler.cephbindings import cephx_key_problem
+from reconciler.cephconn import DEFAULT_TIMEOUT, Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.cli.common import EXIT_FAILED, EXIT_USAGE, exit_code, fail
 from reconciler.cli.flags import duration, positive_float, positive_int
 from reconciler.csiconfig import LAYOUTS, layout

@@ -19,7 +19,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from reconciler.cephconn import DEFAULT_TIMEOUT, ConnectionPool, Credentials, cephx_key_problem
+from reconciler.cephbindings import cephx_key_problem
+from reconciler.cephconn import DEFAULT_TIMEOUT, Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.cli.common import EXIT_FAILED, EXIT_USAGE, exit_code, fail
 from reconciler.cli.flags import positive_float
 from reconciler.errors import InvalidCephKey, InvalidInput, ReconcilerError

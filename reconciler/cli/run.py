@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.cephconn import DEFAULT_TIMEOUT, ConnectionPool
+from reconciler.cephconn import DEFAULT_TIMEOUT
+from reconciler.cephpool import ConnectionPool
 from reconciler.cli.flags import host_port, positive_float, positive_int
 from reconciler.controllers.cephcsi import CONFIG_FILE, MAPPING_FILE, CephCSIConfigRenderer
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler

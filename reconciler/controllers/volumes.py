@@ -36,7 +36,9 @@ from kubernetes_asyncio.client import ApiClient
 from prometheus_client import Histogram
 
 from reconciler.catalog import ImageCatalog
-from reconciler.cephconn import ConnectionPool, Credentials, cephx_key_problem
+from reconciler.cephbindings import cephx_key_problem
+from reconciler.cephconn import Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.controllers.clusterids import (
     MappingSpec,
     check_pools,

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.cephbindings import import_binding
 from reconciler.cephconn import CephConnection, ImageInfo
-from reconciler.cephconn import _import as import_binding
 from reconciler.errors import CephError, ImageNotFound
 from reconciler.mirror import MirrorImage
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from reconciler.cephconn import CephConnection, ConnectionPool, Credentials
+from reconciler.cephconn import CephConnection, Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.csiconfig import CSIConfig, CSIConfigLayout
 from reconciler.errors import (
     CephError,

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.cephconn import ConnectionPool, Credentials
+from reconciler.cephconn import Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.controllers.metrics import PREFIX as METRICS_PREFIX
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
 from reconciler.handle import VolumeHandle

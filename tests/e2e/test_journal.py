@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cephconn import CephConnection, ConnectionPool, Credentials
+from reconciler.cephconn import CephConnection, Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.errors import CephUnavailable, ImageNotFound, JournalConflict, PoolNotFound
 from reconciler.regenerate import LocalCluster, regenerate
 from reconciler.sandbox.ceph import CSI_USER

@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from reconciler import cephconn
-from reconciler.cephconn import CephConnection, ConnectionPool, Credentials, ImageInfo
+from reconciler.cephconn import CephConnection, Credentials, ImageInfo
+from reconciler.cephpool import ConnectionPool
 from reconciler.errors import (
     CephPermissionDenied,
     CephUnavailable,

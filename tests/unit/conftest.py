@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from reconciler.cephconn import ConnectionPool
+from reconciler.cephpool import ConnectionPool
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
 from reconciler.controllers.regenerator import RegeneratorWatch
 from reconciler.controllers.volumes import DEFAULT_DRIVER, VolumeReconciler, VolumeSettings

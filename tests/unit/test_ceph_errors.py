@@ -14,14 +14,8 @@ from typing import Any
 import pytest
 
 from reconciler import cephconn
-from reconciler.cephconn import (
-    BASE_ERRORS,
-    PERMISSION_ERRORS,
-    UNAVAILABLE_ERRORS,
-    CephConnection,
-    Credentials,
-    translate,
-)
+from reconciler.cephbindings import BASE_ERRORS, PERMISSION_ERRORS, UNAVAILABLE_ERRORS, translate
+from reconciler.cephconn import CephConnection, Credentials
 from reconciler.errors import (
     CephError,
     CephPermissionDenied,
@@ -39,7 +33,7 @@ KEY = "AQCjtAxrXmteLhAAU+Qo+eqJWuNJPZz4uqi+SQ=="  # the shape of a CephX key; no
 
 def bound_bindings(tree: ast.AST) -> set[str]:
     """Which of `rados`/`rbd` a module binds to the binding itself (`import rados`, or
-    `rados = _import("rados")` as cephconn does): elsewhere the name may be anything (a dict)."""
+    `rados = import_binding("rados")` as cephconn does): elsewhere the name may be anything."""
     bound: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -47,7 +41,7 @@ def bound_bindings(tree: ast.AST) -> set[str]:
         elif (
             isinstance(node, ast.Assign)
             and isinstance(node.value, ast.Call)
-            and ast.unparse(node.value.func) in ("_import", "importlib.import_module")
+            and ast.unparse(node.value.func) in ("import_binding", "importlib.import_module")
             and node.value.args
             and isinstance(node.value.args[0], ast.Constant)
         ):
@@ -75,7 +69,7 @@ def test_the_reference_scan_sees_cephconns_use_of_the_bindings() -> None:
     found = {f"{m}.{a}" for m, a, _ in binding_references(Path(cephconn.__file__).read_text())}
     assert {"rados.ObjectExists", "rbd.Image", "rados.LIBRADOS_CMPXATTR_OP_EQ"} <= found
     # The defect this guards against, caught by the same scan:
-    assert list(binding_references('rbd = _import("rbd")\nrbd.TimedOut\n')) == [
+    assert list(binding_references('rbd = import_binding("rbd")\nrbd.TimedOut\n')) == [
         ("rbd", "TimedOut", 2)
     ]
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from reconciler import cephconn
-from reconciler.cephconn import ConnectionPool, Credentials, cephx_key_problem
+from reconciler.cephbindings import cephx_key_problem
+from reconciler.cephconn import Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.controllers import volumes
 from reconciler.controllers.credentials import CredentialsCache
 from reconciler.controllers.volumes import VolumeReconciler

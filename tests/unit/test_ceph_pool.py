@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.cephconn import CephConnection, ConnectionPool, Credentials
+from reconciler.cephconn import CephConnection, Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.errors import CephUnavailable
 
 KEY = "AQCjtAxrXmteLhAAU+Qo+eqJWuNJPZz4uqi+SQ=="

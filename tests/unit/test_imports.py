@@ -32,7 +32,8 @@ def test_cli_works_without_ceph_bindings() -> None:
 def test_using_ceph_without_bindings_says_what_to_install() -> None:
     done = python(
         "import asyncio\n"
-        "from reconciler.cephconn import ConnectionPool, Credentials\n"
+        "from reconciler.cephconn import Credentials\n"
+        "from reconciler.cephpool import ConnectionPool\n"
         "asyncio.run(ConnectionPool().get('127.0.0.1:1', Credentials('u', 'k')))"
     )
     assert done.returncode == 1

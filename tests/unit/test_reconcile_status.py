@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.cephconn import ConnectionPool, Credentials
+from reconciler.cephconn import Credentials
+from reconciler.cephpool import ConnectionPool
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
 from reconciler.controllers.volumes import VolumeReconciler
 from reconciler.errors import SecretNotFound
