@@ -15,7 +15,7 @@ from kubernetes_asyncio.client import ApiClient
 from reconciler.cephbindings import cephx_key_problem
 from reconciler.cephconn import Credentials
 from reconciler.csiconfig import ConfigKey
-from reconciler.errors import InvalidSecret, SecretNotFound
+from reconciler.errors import InvalidSecret, SecretForbidden, SecretNotFound
 from reconciler.k8s import ApiStatusError, KubeObject, Resource, request_json
 from reconciler.k8s.client import status_error
 from reconciler.kinds import SECRETS
@@ -73,17 +73,26 @@ async def config_map_key(api_client: ApiClient, where: ConfigKey) -> str | None:
 
 
 async def secret_credentials(api_client: ApiClient, name: str, namespace: str) -> Credentials:
-    """`userID`/`userKey` of a ceph-csi Secret. SecretNotFound, InvalidSecret (which never quote
-    the values)."""
-    secret = await get_or_none(api_client, SECRETS.object_path(name, namespace))
-    if secret is None:
-        raise SecretNotFound(namespace, name)
+    """`userID`/`userKey` of a ceph-csi Secret, read by one GET (the controller's too).
+    SecretNotFound, SecretForbidden, InvalidSecret: none of them quotes the values."""
+    try:
+        secret = await request_json(api_client, "GET", SECRETS.object_path(name, namespace))
+    except ApiStatusError as err:
+        if err.status == 404:
+            raise SecretNotFound(namespace, name) from err
+        if err.status == 403:
+            raise SecretForbidden(namespace, name) from err
+        raise
     data = secret.get("data") or {}
     try:
         user = base64.b64decode(data["userID"], validate=True).decode()
-        key = base64.b64decode(data["userKey"], validate=True).decode().strip()
+        key = base64.b64decode(data["userKey"], validate=True).decode()
     except (KeyError, binascii.Error, UnicodeDecodeError):
+        # Never say more than which keys are expected: the values are secret.
         raise InvalidSecret(namespace, name, "needs base64 keys userID and userKey") from None
+    # Checked before librados sees it (librados logs a key it cannot decode). Surrounding
+    # whitespace is dropped, as ceph-csi's key file drops it.
+    key = key.strip()
     problem = cephx_key_problem(key)
     if problem is not None:
         raise InvalidSecret(namespace, name, f"userKey is not a CephX key: {problem}")

@@ -16,11 +16,9 @@ from reconciler import cephconn
 from reconciler.cephbindings import cephx_key_problem
 from reconciler.cephconn import Credentials
 from reconciler.cephpool import ConnectionPool
-from reconciler.controllers import volumes
-from reconciler.controllers.credentials import CredentialsCache
-from reconciler.controllers.volumes import VolumeReconciler
 from reconciler.errors import CephUnavailable, InvalidCephKey, InvalidSecret
-from reconciler.volume import CSIVolume
+from reconciler.kubeinputs import secret_credentials
+from tests.unit.conftest import RecordingApiClient
 
 #: What `ceph-authtool --gen-print-key` printed once; no cluster knows it.
 GOOD_KEY = "AQCjtAxrXmteLhAAU+Qo+eqJWuNJPZz4uqi+SQ=="
@@ -111,48 +109,28 @@ async def test_librados_logs_nothing_to_stderr_even_when_handed_a_malformed_key(
 def secret(user: str, key: str) -> dict[str, Any]:
     encode = base64.b64encode
     return {
-        "data": {"userID": encode(user.encode()).decode(), "userKey": encode(key.encode()).decode()}
+        "metadata": {"name": "csi-secret", "namespace": "ceph-csi"},
+        "data": {
+            "userID": encode(user.encode()).decode(),
+            "userKey": encode(key.encode()).decode(),
+        },
     }
 
 
-def reconciler_reading(monkeypatch: pytest.MonkeyPatch, stored: dict[str, Any]) -> VolumeReconciler:
-    """A VolumeReconciler whose one API call, reading the Secret, answers `stored`."""
-
-    async def request_json(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        return stored
-
-    monkeypatch.setattr(volumes, "request_json", request_json)
-    reconciler = object.__new__(VolumeReconciler)
-    reconciler.api_client = None  # type: ignore[assignment]
-    reconciler.credentials = CredentialsCache()
-    return reconciler
-
-
-def volume() -> CSIVolume:
-    return CSIVolume(
-        pv_name="pvc-1",
-        driver="rbd.csi.ceph.com",
-        volume_handle="0001-0006-site-a-0000000000000009-0c23de1c-18fb-11eb-a903-0242ac110005",
-        attributes={"pool": "replicapool"},
-        claim_namespace="apps",
-        secret_ref=("csi-secret", "ceph-csi"),
-    )
-
-
 async def test_a_secret_with_a_malformed_key_is_invalid_secret_without_the_key(
-    monkeypatch: pytest.MonkeyPatch,
+    api: RecordingApiClient,
 ) -> None:
-    reconciler = reconciler_reading(monkeypatch, secret("csi", MALFORMED))
+    api.add_secret(secret("csi", MALFORMED))
     with pytest.raises(InvalidSecret) as invalid:
-        await reconciler._credentials(volume())
+        await secret_credentials(api, "csi-secret", "ceph-csi")
     assert "ceph-csi/csi-secret" in str(invalid.value) and "CephX" in str(invalid.value)
     assert not [part for part in parts_of(MALFORMED) if part in str(invalid.value)]
     assert invalid.value.__cause__ is None and invalid.value.__context__ is None
 
 
 async def test_a_secret_key_with_a_trailing_newline_is_taken_as_ceph_csi_takes_it(
-    monkeypatch: pytest.MonkeyPatch,
+    api: RecordingApiClient,
 ) -> None:
-    reconciler = reconciler_reading(monkeypatch, secret("csi", GOOD_KEY + "\n"))
-    credentials = await reconciler._credentials(volume())
+    api.add_secret(secret("csi", GOOD_KEY + "\n"))
+    credentials = await secret_credentials(api, "csi-secret", "ceph-csi")
     assert (credentials.user, credentials.key) == ("csi", GOOD_KEY)
