@@ -5,8 +5,10 @@ A PV's journal is what makes ceph-csi work again; its VolumeHandleMapping is the
 journal costs a few RADOS ops, its mapping two API writes, and during a failover of thousands
 of PVs the API server is the slower of the two. When the controller has a backlog, each worker
 regenerates a journal and hands the mapping's writes to this recorder, then takes the next PV:
-journals go at Ceph's pace while `concurrency` writers record them at the API server's. Without
-a backlog, workers record inline as before (nothing is deferred, nothing reordered).
+journals go at Ceph's pace while `concurrency` writers record them at the API server's (only
+WHILE_JOURNALS_WAIT of them while journals are still waiting, since journals and writes share
+one process' CPU). Without a backlog, workers record inline as before (nothing is deferred,
+nothing reordered).
 
 Per PV only the latest write waits (a PV reconciled again meanwhile replaces it) and one PV's
 writes never run concurrently. A write that fails hands the PV back to the controller
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 16
 #: PVs waiting in the controller's queue from which on writes are handed over: a burst.
 MIN_BACKLOG = 16
+#: Writers that write while journals are still waiting: the others start once the burst's
+#: journals are written, so that journals get the process' CPU first.
+WHILE_JOURNALS_WAIT = 4
+#: Seconds between two looks at the backlog of a writer held back.
+HELD_BACK = 0.1
 #: Seconds writes still running on stop may take before they are cancelled.
 DRAIN_SECONDS = 10.0
 
@@ -38,10 +45,16 @@ Write = Callable[[], Awaitable[None]]
 
 class StatusRecorder:
     def __init__(
-        self, retry: Callable[[str], None], *, concurrency: int = DEFAULT_CONCURRENCY
+        self,
+        retry: Callable[[str], None],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.retry = retry
         self.concurrency = concurrency
+        self.backlog = backlog
+        """PVs waiting in the controller's queue (for their journals)."""
         self.recorded = 0
         self.failed = 0
         self._waiting: dict[str, Write] = {}
@@ -66,7 +79,7 @@ class StatusRecorder:
         """Write until `stop` is set; then let writes in flight finish (bounded)."""
         self._running = True
         writers = [
-            asyncio.create_task(self._writer(), name=f"status-writer-{i}")
+            asyncio.create_task(self._writer(i), name=f"status-writer-{i}")
             for i in range(self.concurrency)
         ]
         try:
@@ -84,8 +97,11 @@ class StatusRecorder:
                 return key, self._waiting.pop(key)
         return None
 
-    async def _writer(self) -> None:
+    async def _writer(self, index: int) -> None:
         while True:
+            if index >= WHILE_JOURNALS_WAIT and self._running and self.backlog() >= MIN_BACKLOG:
+                await asyncio.sleep(HELD_BACK)  # journals first
+                continue
             taken = self._take()
             if taken is None:
                 if not self._running:

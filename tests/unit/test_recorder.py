@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from reconciler.controllers.recorder import MIN_BACKLOG, StatusRecorder, Write
+from reconciler.controllers.recorder import (
+    MIN_BACKLOG,
+    WHILE_JOURNALS_WAIT,
+    StatusRecorder,
+    Write,
+)
 from reconciler.k8s import TerminalError
 from tests.support.polling import async_wait_for
 
@@ -84,3 +89,35 @@ async def test_a_failed_write_hands_the_pv_back_and_a_terminal_one_does_not(
     running.recorder.submit("pv-2", refused)
     await async_wait_for(lambda: running.recorder.failed == 2, 5, "both writes")
     assert running.retried == ["pv-1"]
+
+
+async def test_while_journals_wait_only_a_few_writers_write() -> None:
+    backlog = [MIN_BACKLOG]
+    recorder = StatusRecorder(lambda key: None, concurrency=8, backlog=lambda: backlog[0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(recorder.run(stop))
+    release = asyncio.Event()
+    writing: set[str] = set()
+    most = 0
+
+    def write(key: str) -> Write:
+        async def run() -> None:
+            nonlocal most
+            writing.add(key)
+            most = max(most, len(writing))
+            await release.wait()
+            writing.discard(key)
+
+        return run
+
+    for i in range(8):
+        recorder.submit(f"pv-{i}", write(f"pv-{i}"))
+    await async_wait_for(lambda: len(writing) == WHILE_JOURNALS_WAIT, 5, "the first writers")
+    await asyncio.sleep(0.3)
+    assert most == WHILE_JOURNALS_WAIT  # the others wait for the journals
+    backlog[0] = 0
+    await async_wait_for(lambda: len(writing) == 8, 5, "every writer, journals done")
+    release.set()
+    await async_wait_for(lambda: len(recorder) == 0, 5, "every write")
+    stop.set()
+    await task
