@@ -154,9 +154,11 @@ def test_the_lag_rises_when_rbd_mirror_stops_and_the_alert_fires(lag: Lag) -> No
     assert labels["pvc_namespace"] == lag.volume.namespace
     assert labels["pvc_name"] == lag.volume.claim_name
     assert labels["job"] and labels["instance"] == lag.address
-    # Pending while the image's first snapshot was older than the RPO, gone once it is not: after
-    # the next scrape and rule evaluation, which a loaded machine can delay by tens of seconds.
-    wait_for(lambda: lag.alerts() == [] or None, 120, f"no {ALERT} at {fresh} s", interval=1)
+    # While the newest synced snapshot is younger than the RPO, the alert does not fire. (It may
+    # be pending: the age grows by the second until the next snapshot, and on a loaded machine
+    # the first sync alone can take most of the RPO.)
+    early = [a for a in lag.alerts() if a["state"] == "firing"]
+    assert not early, f"{ALERT} fires at an age of {fresh} s, under the RPO {RPO} s: {early}"
     assert f"rbd_mirror_reconciler_rpo_seconds {float(RPO)}" in lag.scrape()
 
     daemon = rbd_mirror_daemon(lag.pair)
