@@ -23,10 +23,18 @@ from reconciler.sandbox.ceph import CephCluster
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.site import static_pv
 
+#: Bounds on every librados wait, in seconds: a stalled OSD fails the test that met it instead
+#: of hanging the session in a C call no test timeout can interrupt.
+TIMEOUTS = {
+    "client_mount_timeout": "30",
+    "rados_mon_op_timeout": "60",
+    "rados_osd_op_timeout": "60",
+}
+
 
 @contextmanager
 def ioctx(site: CephCluster, pool: str, namespace: str = "") -> Iterator[Any]:
-    client = rados.Rados(conffile=str(site.conf))
+    client = rados.Rados(conffile=str(site.conf), conf=TIMEOUTS)
     client.connect()
     try:
         io = client.open_ioctx(pool)
