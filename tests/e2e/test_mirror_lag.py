@@ -60,7 +60,14 @@ class Lag:
         return float(found[0]["value"][1]) if found else None
 
     def alerts(self) -> list[dict[str, Any]]:
-        return [a for a in self.prometheus.alerts() if a["labels"]["alertname"] == ALERT]
+        """This volume's alerts. Other tests' images share the mirrored pool and lag too while
+        rbd-mirror is stopped; their alerts are not this test's."""
+        return [
+            a
+            for a in self.prometheus.alerts()
+            if a["labels"]["alertname"] == ALERT
+            and a["labels"].get("image") == self.volume.image_name
+        ]
 
     def scrape(self) -> str:
         with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=10) as answer:
