@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler.cephconn import DEFAULT_TIMEOUT
 from reconciler.cephpool import ConnectionPool
+from reconciler.cli.common import EXIT_USAGE, fail
 from reconciler.cli.flags import host_port, positive_float, positive_int
 from reconciler.controllers.cephcsi import CONFIG_FILE, MAPPING_FILE, CephCSIConfigRenderer
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
@@ -104,6 +105,12 @@ class RunConfig:
     leader_election_namespace: str | None = None
     """None: csi_config_namespace."""
     leader_election_name: str = "rbd-mirror-reconciler"
+    leader_election_lease_duration: float = LeaderElectionSettings.lease_duration
+    """Seconds a follower waits after the Lease last changed before taking it over."""
+    leader_election_renew_deadline: float = LeaderElectionSettings.renew_deadline
+    """Seconds the leader keeps trying to renew before it stops leading (and exits)."""
+    leader_election_retry_period: float = LeaderElectionSettings.retry_period
+    """Seconds between attempts to acquire or renew."""
     kube_api_qps: float = 500.0
     """Sustained API writes a second. A backstop for an API server without Priority and
     Fairness: what bounds this process' load is how many requests it has in flight (at most
@@ -137,6 +144,9 @@ class RunConfig:
                 namespace=self.leader_election_namespace or self.csi_config_namespace,
                 name=self.leader_election_name,
                 identity=self.identity,
+                lease_duration=self.leader_election_lease_duration,
+                renew_deadline=self.leader_election_renew_deadline,
+                retry_period=self.leader_election_retry_period,
             )
             if self.leader_elect
             else None
@@ -214,6 +224,28 @@ def register(commands: Any) -> None:
     leader.add_argument(
         "--leader-election-name", default=RunConfig.leader_election_name, help="the Lease's name"
     )
+    leader.add_argument(
+        "--leader-election-lease-duration",
+        type=positive_float,
+        default=RunConfig.leader_election_lease_duration,
+        metavar="SECONDS",
+        help="how long a follower waits after the Lease last changed before taking it over",
+    )
+    leader.add_argument(
+        "--leader-election-renew-deadline",
+        type=positive_float,
+        default=RunConfig.leader_election_renew_deadline,
+        metavar="SECONDS",
+        help="how long the leader keeps trying to renew before it stops leading and exits "
+        "(less than the lease duration)",
+    )
+    leader.add_argument(
+        "--leader-election-retry-period",
+        type=positive_float,
+        default=RunConfig.leader_election_retry_period,
+        metavar="SECONDS",
+        help="between attempts to acquire or renew (less than the renew deadline)",
+    )
 
     csi = parser.add_argument_group("ceph-csi")
     csi.add_argument(
@@ -269,6 +301,10 @@ def register(commands: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig.from_args(args)
+    try:
+        config.manager_settings()
+    except ValueError as err:  # lease durations out of order
+        return fail(f"leader election: {err}", EXIT_USAGE)
     configure_logging(config.log_level)
     asyncio.run(run(config))
     return 0

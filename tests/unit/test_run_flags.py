@@ -24,6 +24,7 @@ def config_of(*flags: str) -> RunConfig:
         (["--workers", "two"], "'two' is not a whole number"),
         (["--kube-api-qps", "-1"], "-1 is not more than 0"),
         (["--ceph-timeout", "0"], "0 is not more than 0"),
+        (["--leader-election-lease-duration", "0"], "0 is not more than 0"),
         (["--log-level", "chatty"], "invalid choice"),
     ],
 )
@@ -50,6 +51,30 @@ def test_defaults_come_from_run_config_and_the_identity_is_made_once() -> None:
     # The Lease holder and every Event's reportingInstance are this one identity.
     leading = config_of("--leader-elect")
     assert leading.manager_settings().leader_election.identity == leading.identity  # type: ignore[union-attr]
+
+
+def test_lease_timings_reach_the_elector_and_default_to_controller_runtimes() -> None:
+    elected = config_of("--leader-elect").manager_settings().leader_election
+    assert elected is not None
+    assert (elected.lease_duration, elected.renew_deadline, elected.retry_period) == (15, 10, 2)
+    short = config_of(
+        "--leader-elect",
+        "--leader-election-lease-duration", "4",
+        "--leader-election-renew-deadline", "3",
+        "--leader-election-retry-period", "0.5",
+    ).manager_settings().leader_election  # fmt: skip
+    assert short is not None
+    assert (short.lease_duration, short.renew_deadline, short.retry_period) == (4, 3, 0.5)
+
+
+def test_lease_timings_out_of_order_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(
+        [*REQUIRED, "--leader-elect", "--leader-election-renew-deadline", "20"]
+    )
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "need lease_duration > renew_deadline > retry_period" in err
+    assert "15.0 / 20.0 / 2.0" in err
 
 
 @pytest.mark.parametrize(
