@@ -1,6 +1,8 @@
 """The product's own Prometheus metrics: how far the remapping after a failover has come.
 
-    rbd_mirror_reconciler_volume_handle_mappings{ready,reason}    mappings by their Ready condition
+    rbd_mirror_reconciler_volume_handle_mappings{ready,reason,degraded}
+                                                                  mappings by their Ready condition,
+                                                                  and whether it is Degraded
     rbd_mirror_reconciler_cluster_id_mappings{ready,reason}       ClusterIDMappings likewise
     rbd_mirror_reconciler_volumes_pending                         PVs with a remote handle whose
                                                                   mapping is not Ready yet
@@ -26,6 +28,10 @@ from prometheus_client.registry import Collector
 
 from reconciler.k8s import KubeObject, Store
 from reconciler.k8s.conditions import READY, find_condition
+
+#: The VolumeHandleMapping condition of a mapping that stays Ready while its last pass failed:
+#: controllers.mappingrecords.DEGRADED, named here since that module imports this one.
+DEGRADED = "Degraded"
 
 PREFIX = "rbd_mirror_reconciler"
 #: Seconds from a PV's creation to its mapping's readiness: a few seconds when the controller
@@ -81,8 +87,8 @@ class ProgressCollector(Collector):
             return []
         families = self._families()
         vhms, cidms, pending, oldest = families
-        for (ready, reason), count in _by_ready(self.volume_handle_mappings.objects()).items():
-            vhms.add_metric([ready, reason], count)
+        for labels, count in _by_ready_and_degraded(self.volume_handle_mappings.objects()).items():
+            vhms.add_metric(list(labels), count)
         for (ready, reason), count in _by_ready(self.cluster_id_mappings.objects()).items():
             cidms.add_metric([ready, reason], count)
         volumes = self.pending_volumes()
@@ -96,8 +102,9 @@ class ProgressCollector(Collector):
         return [
             GaugeMetricFamily(
                 f"{PREFIX}_volume_handle_mappings",
-                "VolumeHandleMappings by the status and reason of their Ready condition",
-                labels=["ready", "reason"],
+                "VolumeHandleMappings by the status and reason of their Ready condition, and "
+                "whether they are Degraded (still Ready, but their last pass failed)",
+                labels=["ready", "reason", "degraded"],
             ),
             GaugeMetricFamily(
                 f"{PREFIX}_cluster_id_mappings",
@@ -117,8 +124,19 @@ class ProgressCollector(Collector):
 
 def _by_ready(objects: Iterable[KubeObject]) -> Counter[tuple[str, str]]:
     """(ready, reason) -> how many objects; an object not reconciled yet is ("unknown", "")."""
-    counts: Counter[tuple[str, str]] = Counter()
+    return Counter(_ready(obj) for obj in objects)
+
+
+def _by_ready_and_degraded(objects: Iterable[KubeObject]) -> Counter[tuple[str, str, str]]:
+    """(ready, reason, degraded) -> how many mappings; `degraded` is "true" while the Degraded
+    condition is True, else "false" (a mapping not reconciled yet has no Degraded condition)."""
+    counts: Counter[tuple[str, str, str]] = Counter()
     for obj in objects:
-        ready = find_condition(obj, READY) or {}
-        counts[(str(ready.get("status", "Unknown")).lower(), str(ready.get("reason", "")))] += 1
+        degraded = (find_condition(obj, DEGRADED) or {}).get("status") == "True"
+        counts[(*_ready(obj), "true" if degraded else "false")] += 1
     return counts
+
+
+def _ready(obj: KubeObject) -> tuple[str, str]:
+    ready = find_condition(obj, READY) or {}
+    return str(ready.get("status", "Unknown")).lower(), str(ready.get("reason", ""))
