@@ -7,6 +7,7 @@ SandboxError
 ├── PortInUse           a daemon's port is taken
 ├── DaemonFailed        a daemon exited or did not get ready in time (with its log's tail)
 ├── CommandFailed       a command exited non-zero (with its output)
+├── KubeconfigUnusable  an existing cluster's kubeconfig gives no admin credentials we can use
 ├── ApiRequestFailed    an admin request of the sandbox to its API server failed
 └── TokenRequestFailed  the API server refused to mint a ServiceAccount's token
 """
@@ -85,6 +86,14 @@ class KubeBinariesMissing(SandboxError):
             f"{', '.join(self.missing)} not found in {bin_dir}: run `make kube-bins` "
             f"(or {build_script}) once; a cold build takes several minutes"
         )
+
+
+class KubeconfigUnusable(SandboxError):
+    """The kubeconfig naming an existing cluster cannot be used for admin requests."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"kubeconfig {path}: {reason}")
 
 
 class ApiRequestFailed(SandboxError):

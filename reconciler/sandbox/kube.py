@@ -10,14 +10,15 @@ script of the caller's checkout where its cache is) and runs them. Everything th
       -> kube-apiserver  https://127.0.0.1:<port>       --authorization-mode=RBAC
       -> kube-controller-manager                        GC, PV binder, PV/PVC protection
 
-`kubeconfig` is an admin (system:masters) kubeconfig for kubectl and both Python clients;
-`service_account_kubeconfig()` mints one for a ServiceAccount through the TokenRequest API so a
-test runs with exactly the RBAC it was granted; `restart_apiserver()` restarts on the same data.
+A KubeSandbox is a `KubeCluster` (reconciler.sandbox.cluster): `kubeconfig` is an admin
+(system:masters) kubeconfig for kubectl and both Python clients; `service_account_kubeconfig()`
+mints one for a ServiceAccount through the TokenRequest API so a test runs with exactly the RBAC
+it was granted. What only a sandbox can do: `restart_apiserver()` restarts on the same data, and
+`pids()` names its daemons.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import subprocess
@@ -27,19 +28,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from reconciler.sandbox.checkout import Checkout
-from reconciler.sandbox.errors import (
-    ApiRequestFailed,
-    CommandFailed,
-    KubeBinariesMissing,
-    SandboxError,
-    TokenRequestFailed,
-)
+from reconciler.sandbox.cluster import KubeCluster
+from reconciler.sandbox.errors import ApiRequestFailed, CommandFailed, KubeBinariesMissing
 from reconciler.sandbox.pki import (
     CertificateAuthority,
-    KeyPair,
     write_kubeconfig,
     write_service_account_keys,
 )
@@ -112,7 +106,7 @@ class KubeBinaries:
         return binaries
 
 
-class KubeSandbox:
+class KubeSandbox(KubeCluster):
     """etcd + kube-apiserver + kube-controller-manager on loopback ports under `workdir`.
 
     Use as a context manager or call `start()`/`stop()`. A failed start stops whatever it
@@ -120,25 +114,25 @@ class KubeSandbox:
     """
 
     def __init__(self, workdir: Path, binaries: KubeBinaries) -> None:
-        self.workdir = workdir
+        super().__init__(
+            workdir,
+            server=f"https://127.0.0.1:{free_port()}",
+            ca_file=workdir / "pki" / "ca.crt",
+            kubeconfig=workdir / "admin.kubeconfig",
+        )
         self.binaries = binaries
         self.pki_dir = workdir / "pki"
         self.etcd_data_dir = workdir / "etcd"
         self.log_dir = workdir / "logs"
-        self.kubeconfig = workdir / "admin.kubeconfig"
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
-        self.port = free_port()
         self.controller_manager_port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
         self.etcd_url = f"http://127.0.0.1:{self.etcd_port}"
-        self.ca_file = self.pki_dir / "ca.crt"
         self.start_seconds = 0.0
         self._etcd: Daemon | None = None
         self._apiserver: Daemon | None = None
         self._controller_manager: Daemon | None = None
         self._group = DaemonGroup()
-        self._admin: KeyPair | None = None
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -200,95 +194,6 @@ class KubeSandbox:
     def daemon_records(self) -> list[dict[str, object]]:
         """What a later `sandbox down` needs to stop these daemons by PID."""
         return [daemon.to_record() for daemon in self._group.daemons]
-
-    # credentials ---------------------------------------------------------------------------
-
-    def service_account_kubeconfig(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        create: bool = True,
-        expiration_seconds: int = 3600,
-        path: Path | None = None,
-    ) -> Path:
-        """A kubeconfig that authenticates as serviceaccount `namespace/name` (TokenRequest API).
-
-        With `create`, the namespace and ServiceAccount are created when missing. The token
-        carries no permissions of its own: grant them with Roles/ClusterRoles as a deployment would.
-        """
-        if create:
-            self._ensure(f"/api/v1/namespaces/{namespace}", {"metadata": {"name": namespace}})
-            self._ensure(
-                f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}",
-                {"metadata": {"name": name, "namespace": namespace}},
-            )
-        request = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": expiration_seconds},
-        }
-        try:
-            answer = self.request(
-                "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", request
-            )
-        except ApiRequestFailed as err:
-            raise TokenRequestFailed(namespace, name, str(err)) from err
-        token = answer.get("status", {}).get("token")
-        if not isinstance(token, str) or not token:
-            raise TokenRequestFailed(namespace, name, f"no token in answer: {answer}")
-        target = path or self.workdir / "kubeconfigs" / f"{namespace}.{name}.kubeconfig"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return write_kubeconfig(
-            target,
-            server=self.server,
-            ca_file=self.ca_file,
-            user=f"system:serviceaccount:{namespace}:{name}",
-            token=token,
-        )
-
-    # raw admin requests (no client library needed for the sandbox's own bookkeeping) -------
-
-    def request(self, method: str, api_path: str, body: dict[str, Any] | None = None) -> Any:
-        """One admin request to the API server; JSON in, JSON (or text) out."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.server + api_path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, context=self._admin_tls(), timeout=10) as resp:
-                text = resp.read().decode()
-        except urllib.error.HTTPError as err:
-            raise ApiRequestFailed(method, api_path, err.code, err.read().decode()) from err
-        except (urllib.error.URLError, OSError) as err:
-            raise ApiRequestFailed(method, api_path, None, str(err)) from err
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-
-    def _ensure(self, api_path: str, body: dict[str, Any]) -> None:
-        try:
-            self.request("GET", api_path)
-        except ApiRequestFailed as err:
-            if err.status != 404:
-                raise
-            collection = api_path.rsplit("/", 1)[0]
-            try:
-                self.request("POST", collection, body)
-            except ApiRequestFailed as create_err:
-                if create_err.status != 409:  # created meanwhile
-                    raise
-
-    def _admin_tls(self) -> ssl.SSLContext:
-        if self._admin is None:
-            raise SandboxError("the sandbox was never started: no admin credentials yet")
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        context.load_cert_chain(str(self._admin.cert), str(self._admin.key))
-        return context
 
     # daemons --------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from reconciler.csi import SyncResolver
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.csidriver import (
     GIB,
     CephCSIDriver,
@@ -34,7 +35,6 @@ from reconciler.sandbox.csidriver import (
     start_journal_regenerator,
 )
 from reconciler.sandbox.errors import ApiRequestFailed
-from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.site import kubectl
 from tests.support.polling import wait_for
@@ -94,7 +94,7 @@ class Volume:
 @dataclass
 class Failover:
     pair: SitePair
-    kube: KubeSandbox
+    kube: KubeCluster
     volumes: list[Volume]
     driver: CephCSIDriver
     """The real ceph-csi on site-b, started with no configuration of ours."""
@@ -155,7 +155,7 @@ def conditions_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def failover(
     ceph_pair: SitePair,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     crds: None,
     checkout: Checkout,
     tmp_path_factory: pytest.TempPathFactory,

@@ -21,7 +21,7 @@ import yaml
 from reconciler.cli import build_parser
 from reconciler.cli.run import RunConfig
 from reconciler.sandbox.checkout import Checkout
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.site import kubectl
 from tests.e2e.helm import CHART, find, helm, render, tools_bin
 
@@ -390,7 +390,7 @@ def test_config_manager_deployment_agrees_with_the_chart(
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_rendered_chart_passes_a_server_side_dry_run(
-    helm_bin: Path, checkout: Checkout, kube: KubeSandbox, name: str
+    helm_bin: Path, checkout: Checkout, kube: KubeCluster, name: str
 ) -> None:
     """Every object (CRDs included) validated by the real API server, strict field validation:
     a misspelt field or a wrong type fails. The Prometheus Operator's kinds are not served here."""
@@ -418,7 +418,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(
 
 
 def test_the_dry_run_would_catch_a_misspelt_field(
-    helm_bin: Path, checkout: Checkout, kube: KubeSandbox
+    helm_bin: Path, checkout: Checkout, kube: KubeCluster
 ) -> None:
     """The control for the test above: the same dry run refuses a Deployment with a typo."""
     objects = render(helm_bin, checkout, VALUE_SETS["defaults"], namespace=NAMESPACE)

@@ -24,8 +24,8 @@ from reconciler.kinds import RETRY_ANNOTATION, volume_handle_selector
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.errors import ApiRequestFailed
-from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.prometheus import Prometheus
 from reconciler.sandbox.site import GROUP, apply, kubectl
@@ -67,7 +67,7 @@ def cluster_id_mapping(name: str, site_a: str, **pool_ids: int) -> dict[str, Any
     return site.cluster_id_mapping(name, site_a, SITE_B_ID, [{"name": "replicapool", **pool_ids}])
 
 
-def get(kube: KubeSandbox, path: str) -> dict[str, Any] | None:
+def get(kube: KubeCluster, path: str) -> dict[str, Any] | None:
     try:
         found: dict[str, Any] = kube.request("GET", path)
     except ApiRequestFailed as err:
@@ -77,7 +77,7 @@ def get(kube: KubeSandbox, path: str) -> dict[str, Any] | None:
     return found
 
 
-def handle_mapping(kube: KubeSandbox, pv_name: str) -> dict[str, Any] | None:
+def handle_mapping(kube: KubeCluster, pv_name: str) -> dict[str, Any] | None:
     return get(kube, f"{API}/volumehandlemappings/{pv_name}")
 
 
@@ -100,7 +100,7 @@ def existing(obj: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def wait_for_reason(
-    kube: KubeSandbox, controller: site.ControllerProcess, pv_name: str, reason: str
+    kube: KubeCluster, controller: site.ControllerProcess, pv_name: str, reason: str
 ) -> dict[str, Any]:
     def settled() -> dict[str, Any] | None:
         mapping = handle_mapping(kube, pv_name)
@@ -114,7 +114,7 @@ def wait_for_reason(
         raise
 
 
-def events_about(kube: KubeSandbox, name: str) -> list[dict[str, Any]]:
+def events_about(kube: KubeCluster, name: str) -> list[dict[str, Any]]:
     answer = kube.request(
         "GET", f"/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
     )
@@ -145,7 +145,7 @@ def object_version(pair: SitePair, pool: str, oid: str) -> int:
 @dataclass
 class World:
     pair: SitePair
-    kube: KubeSandbox
+    kube: KubeCluster
     controller: site.ControllerProcess
 
     def apply_pvs(self, *manifests: dict[str, Any]) -> None:
@@ -156,7 +156,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(
     ceph_pair: SitePair,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     crds: None,
     checkout: Checkout,
     tmp_path_factory: pytest.TempPathFactory,
@@ -567,7 +567,7 @@ def journal_writes(log: str) -> set[str]:
     return {r["pv"] for r in records if r.get("message") == "journal written"}
 
 
-def kube_list(kube: KubeSandbox, path: str) -> list[dict[str, Any]]:
+def kube_list(kube: KubeCluster, path: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = kube.request("GET", path)["items"]
     return items
 
@@ -701,7 +701,7 @@ def scraped(prometheus: Prometheus, expr: str) -> float | None:
     return float(result[0]["value"][1]) if len(result) == 1 else None
 
 
-def ready_mappings(kube: KubeSandbox) -> int:
+def ready_mappings(kube: KubeCluster) -> int:
     return sum(
         (ready(m) or {}).get("status") == "True"
         for m in kube_list(kube, f"{API}/volumehandlemappings")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from reconciler.sandbox.checkout import Checkout
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.site import CRDS, GROUP, apply, kubectl
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +39,7 @@ def handle_mapping(name: str, pv_name: str, handle: str = HANDLE) -> dict[str, A
 SITES = {"siteA": {"clusterID": "site-a"}, "siteB": {"clusterID": "site-b"}}
 
 
-def test_crds_are_established_with_short_names_and_category(kube: KubeSandbox, crds: None) -> None:
+def test_crds_are_established_with_short_names_and_category(kube: KubeCluster, crds: None) -> None:
     for crd in CRDS:
         found = json.loads(kubectl(kube, "get", "crd", crd, "-o", "json").stdout)
         established = {c["type"]: c["status"] for c in found["status"]["conditions"]}
@@ -64,7 +64,7 @@ def test_crds_are_established_with_short_names_and_category(kube: KubeSandbox, c
     ids=["pools", "no-pools", "one-clusterid"],
 )
 def test_a_valid_cluster_mapping_is_accepted(
-    kube: KubeSandbox, crds: None, spec: dict[str, object]
+    kube: KubeCluster, crds: None, spec: dict[str, object]
 ) -> None:
     result = apply(kube, cluster_mapping("valid-mapping", spec), check=False)
     assert result.returncode == 0, result.stderr
@@ -114,7 +114,7 @@ def test_a_valid_cluster_mapping_is_accepted(
     ],
 )
 def test_invalid_cluster_mappings_are_rejected(
-    kube: KubeSandbox, crds: None, spec: dict[str, Any], message: str
+    kube: KubeCluster, crds: None, spec: dict[str, Any], message: str
 ) -> None:
     result = apply(kube, cluster_mapping("invalid-mapping", spec), check=False)
     assert result.returncode != 0
@@ -122,7 +122,7 @@ def test_invalid_cluster_mappings_are_rejected(
 
 
 def test_a_handle_mapping_is_named_after_its_pv_which_is_immutable(
-    kube: KubeSandbox, crds: None
+    kube: KubeCluster, crds: None
 ) -> None:
     wrong = apply(kube, handle_mapping("not-the-pv", "pv-1"), check=False)
     assert wrong.returncode != 0
@@ -144,7 +144,7 @@ def test_a_handle_mapping_is_named_after_its_pv_which_is_immutable(
     kubectl(kube, "delete", "vhm", "pv-immutable")
 
 
-def test_kubectl_get_shows_the_columns_an_admin_needs(kube: KubeSandbox, crds: None) -> None:
+def test_kubectl_get_shows_the_columns_an_admin_needs(kube: KubeCluster, crds: None) -> None:
     assert apply(kube, handle_mapping("pv-columns", "pv-columns"), check=False).returncode == 0
     status = {
         "status": {
@@ -208,7 +208,7 @@ def test_kubectl_get_shows_the_columns_an_admin_needs(kube: KubeSandbox, crds: N
 
 
 def test_config_default_renders_and_rbac_applies(
-    kube: KubeSandbox, crds: None, checkout: Checkout
+    kube: KubeCluster, crds: None, checkout: Checkout
 ) -> None:
     rendered = kubectl(kube, "kustomize", str(checkout.config("default"))).stdout
     kinds = [

@@ -10,7 +10,8 @@ import pytest
 
 from reconciler.sandbox.checkout import Checkout
 
-pytestmark = pytest.mark.e2e
+# The demo starts a Ceph pair and an API server of its own.
+pytestmark = [pytest.mark.e2e, pytest.mark.owns_apiserver]
 
 
 def test_demo_fails_over_and_converges(tmp_path: Path, checkout: Checkout) -> None:

@@ -35,8 +35,8 @@ from reconciler.kinds import RETRY_ANNOTATION
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_CAPS, CSI_USER
 from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.errors import ApiRequestFailed
-from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.site import GROUP, apply, kubectl
 from tests.support import csi_replay
@@ -60,7 +60,7 @@ VOLUMES = 9
 @dataclass
 class World:
     pair: SitePair
-    kube: KubeSandbox
+    kube: KubeCluster
     controller: site.ControllerProcess
     key: str
     spare: list[Provisioned] = field(default_factory=list)
@@ -138,7 +138,7 @@ def pv_for(
     return pv
 
 
-def events_about(kube: KubeSandbox, name: str) -> list[dict[str, Any]]:
+def events_about(kube: KubeCluster, name: str) -> list[dict[str, Any]]:
     answer = kube.request(
         "GET", f"/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
     )
@@ -162,7 +162,7 @@ def log_records(controller: site.ControllerProcess) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def world(
     ceph_pair: SitePair,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     crds: None,
     checkout: Checkout,
     tmp_path_factory: pytest.TempPathFactory,

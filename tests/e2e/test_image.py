@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.containers import (
     SERVICE_ACCOUNT_DIR,
     Container,
@@ -42,7 +43,6 @@ from reconciler.sandbox.containers import (
     service_account_dir,
 )
 from reconciler.sandbox.errors import ApiRequestFailed
-from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import free_port
 from reconciler.sandbox.site import kubectl
@@ -77,7 +77,7 @@ CONFINEMENT_KEYS = {
 }
 
 
-def get(kube: KubeSandbox, path: str) -> dict[str, Any] | None:
+def get(kube: KubeCluster, path: str) -> dict[str, Any] | None:
     try:
         found: dict[str, Any] = kube.request("GET", path)
     except ApiRequestFailed as err:
@@ -131,7 +131,7 @@ class Pod:
     lease_name: str
     volume: csi_replay.Provisioned
     pair: SitePair
-    kube: KubeSandbox
+    kube: KubeCluster
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def image(request: pytest.FixtureRequest, checkout: Checkout, docker: DockerDaem
 @pytest.fixture(scope="module")
 def pod(  # noqa: PLR0917 (pytest passes fixtures by name)
     ceph_pair: SitePair,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     crds: None,
     checkout: Checkout,
     docker: DockerDaemon,
@@ -221,7 +221,7 @@ def pod(  # noqa: PLR0917 (pytest passes fixtures by name)
     args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in container_spec["args"]]
     env = {"POD_NAME": POD_NAME, "POD_NAMESPACE": NAMESPACE}
     assert {e["name"] for e in container_spec["env"]} == set(env)
-    env |= {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(kube.port)}
+    env |= {"KUBERNETES_SERVICE_HOST": kube.host, "KUBERNETES_SERVICE_PORT": str(kube.port)}
     options = [
         "--network",
         "host",

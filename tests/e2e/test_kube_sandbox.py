@@ -19,6 +19,7 @@ from kubernetes_asyncio import config as async_config
 from kubernetes_asyncio import watch as async_watch
 from kubernetes_asyncio.client.exceptions import ApiException as AsyncApiException
 
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.errors import DaemonFailed
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.process import pid_alive
@@ -41,7 +42,7 @@ def client_for(kubeconfig: Path) -> kube_client.ApiClient:
 
 
 @pytest.fixture
-def admin(kube: KubeSandbox) -> Iterator[kube_client.ApiClient]:
+def admin(kube: KubeCluster) -> Iterator[kube_client.ApiClient]:
     with client_for(kube.kubeconfig) as api:
         yield api
 
@@ -57,13 +58,14 @@ def namespace(admin: kube_client.ApiClient) -> str:
     return name
 
 
+@pytest.mark.owns_apiserver
 def test_warm_start_time_is_within_bounds(kube: KubeSandbox) -> None:
     # The `kube` fixture prints the figure; the goal is < 15 s. The bound here is generous
     # because a shared 2-core machine can be busy.
     assert 0 < kube.start_seconds < 60
 
 
-def test_kubectl_readyz(kube: KubeSandbox) -> None:
+def test_kubectl_readyz(kube: KubeCluster) -> None:
     done = kubectl(kube, "get", "--raw", "/readyz", check=False, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
@@ -174,7 +176,7 @@ def _succeeds(action: Callable[[], object]) -> bool:
 
 
 def test_rbac_is_enforced_for_service_accounts(
-    kube: KubeSandbox, admin: kube_client.ApiClient, namespace: str
+    kube: KubeCluster, admin: kube_client.ApiClient, namespace: str
 ) -> None:
     kubeconfig = kube.service_account_kubeconfig(namespace, "no-grants-yet")
     with client_for(kubeconfig) as sa_client:
@@ -320,6 +322,7 @@ def test_pv_binder_binds_a_pre_bound_claim(admin: kube_client.ApiClient, namespa
     wait_for(bound, DEADLINE, f"the PV binder to bind claim to {pv_name}", interval=0.2)
 
 
+@pytest.mark.owns_apiserver
 def test_failed_start_leaves_nothing_running(kube: KubeSandbox, tmp_path: Path) -> None:
     """A control plane whose API server cannot start raises a named error and stops etcd."""
     broken = KubeBinaries(
@@ -351,6 +354,7 @@ def _processes_mentioning(path: Path) -> list[int]:
     return found
 
 
+@pytest.mark.owns_apiserver
 async def test_watch_survives_apiserver_restart(kube: KubeSandbox, namespace: str) -> None:
     """An informer-style client keeps an exact view across an API server + etcd restart.
 

@@ -21,7 +21,7 @@ import pytest
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import Daemon, free_port, pid_alive
 from reconciler.sandbox.prometheus import Prometheus
@@ -82,7 +82,7 @@ def replaying_on_b(pair: SitePair, image: str) -> bool:
 @pytest.fixture(scope="module")
 def lag(
     ceph_pair: SitePair,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     checkout: Checkout,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Lag]:

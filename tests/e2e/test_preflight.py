@@ -25,7 +25,7 @@ import yaml
 from reconciler.preflight.ceph import PROBE_KEY
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
-from reconciler.sandbox.kube import KubeSandbox
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import Daemon, pid_alive, poll_until
 from tests.support.csi_replay import Provisioned, provision
@@ -41,7 +41,7 @@ MAPPING = "preflight-site-a-to-b"
 @dataclass
 class World:
     pair: SitePair
-    kube: KubeSandbox
+    kube: KubeCluster
     volumes: list[Provisioned]
     """Mirrored to site-b and replaying there, not promoted."""
     unmirrored: Provisioned
@@ -127,7 +127,7 @@ def rows(table: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def world(
-    ceph_pair: SitePair, kube: KubeSandbox, crds: None, tmp_path_factory: pytest.TempPathFactory
+    ceph_pair: SitePair, kube: KubeCluster, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     pair = ceph_pair
 

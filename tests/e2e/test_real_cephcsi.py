@@ -13,6 +13,7 @@ import pytest
 
 from reconciler.sandbox.ceph import CSI_USER, CephCluster
 from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.csidriver import (
     DRIVER_NAME,
     GIB,
@@ -23,7 +24,6 @@ from reconciler.sandbox.csidriver import (
     config_json,
     start_journal_regenerator,
 )
-from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import pid_alive
 from reconciler.sandbox.site import apply, kubectl
@@ -282,7 +282,7 @@ def test_config_is_reread_per_request(
 def test_journal_regenerator_recreates_an_erased_journal(
     cephcsi_driver: CephCSIDriver,
     ceph_pair: SitePair,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     *,
     secrets: CSISecrets,
     cleanup: list[str],

@@ -34,8 +34,8 @@ from reconciler.k8s.conditions import condition, merge_conditions
 from reconciler.kinds import API_VERSION, CLUSTER_ID_MAPPINGS, FIELD_MANAGER, VOLUME_HANDLE_MAPPINGS
 from reconciler.sandbox import site
 from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.errors import ApiRequestFailed
-from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import free_port
 from reconciler.sandbox.site import kubectl
@@ -65,7 +65,7 @@ def unique(prefix: str) -> str:
 
 
 class World:
-    def __init__(self, kube: KubeSandbox, namespace: str) -> None:
+    def __init__(self, kube: KubeCluster, namespace: str) -> None:
         self.kube = kube
         self.namespace = namespace
 
@@ -88,7 +88,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(kube: KubeSandbox, crds: None) -> Iterator[World]:
+def world(kube: KubeCluster, crds: None) -> Iterator[World]:
     namespace = unique("resolver")
     kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
     yield World(kube, namespace)
@@ -338,7 +338,7 @@ async def test_an_unmapped_cluster_without_local_config_is_not_found_with_the_re
 
 
 async def test_before_sync_the_answer_is_unavailable_never_not_found(
-    api: RateLimitedApiClient, world: World, kube: KubeSandbox, tmp_path: Path
+    api: RateLimitedApiClient, world: World, kube: KubeCluster, tmp_path: Path
 ) -> None:
     some_handle = handle(unique("gone"), 1)
     async with Resolver(api, csi_config_namespace=world.namespace) as fresh:
@@ -365,7 +365,7 @@ async def test_before_sync_the_answer_is_unavailable_never_not_found(
     assert "/apis/rbdmirror.csi.ceph.io/v1alpha1/volumehandlemappings" in raised.value.waiting_for
 
 
-def test_the_sync_facade_resolves_from_any_thread(kube: KubeSandbox, world: World) -> None:
+def test_the_sync_facade_resolves_from_any_thread(kube: KubeCluster, world: World) -> None:
     local = unique("here")
     world.set_csi_config({local: ["192.0.2.3:6789"]})
     some_handle = handle(local, 4)
@@ -376,7 +376,7 @@ def test_the_sync_facade_resolves_from_any_thread(kube: KubeSandbox, world: Worl
 
 @pytest.mark.parametrize("service_account", ["rbd-csi-provisioner", "rbd-csi-nodeplugin"])
 def test_ceph_csi_service_accounts_resolve_with_config_rbac_csi_and_nothing_more(
-    kube: KubeSandbox, world: World, checkout: Checkout, tmp_path: Path, service_account: str
+    kube: KubeCluster, world: World, checkout: Checkout, tmp_path: Path, service_account: str
 ) -> None:
     copy = site.install_rbac(kube.kubeconfig, checkout, world.namespace, tmp_path, "rbac-csi")
     try:
@@ -411,7 +411,7 @@ def test_ceph_csi_service_accounts_resolve_with_config_rbac_csi_and_nothing_more
         kubectl(kube, "delete", "-k", str(copy), check=False)
 
 
-def cli(kube: KubeSandbox, world: World, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(kube: KubeCluster, world: World, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in a fresh interpreter that also reports whether Ceph's bindings were loaded."""
     program = (
         "import sys; from reconciler.cli import main; code = main(sys.argv[1:]); "
@@ -428,7 +428,7 @@ def cli(kube: KubeSandbox, world: World, *args: str) -> subprocess.CompletedProc
     )
 
 
-def test_cli_exit_codes(kube: KubeSandbox, world: World) -> None:
+def test_cli_exit_codes(kube: KubeCluster, world: World) -> None:
     malformed = cli(kube, world, "0001-0009-rook-ceph-nope")
     assert malformed.returncode == 2, malformed.stderr
     assert malformed.stderr.count("\n") == 1 and "invalid volume handle" in malformed.stderr
@@ -461,7 +461,7 @@ def site_a_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteADown]
 
 
 async def test_resolving_needs_no_ceph_so_a_dead_site_a_changes_nothing(
-    api: RateLimitedApiClient, kube: KubeSandbox, world: World, site_a_down: SiteADown
+    api: RateLimitedApiClient, kube: KubeCluster, world: World, site_a_down: SiteADown
 ) -> None:
     site_b = site_a_down.pair.site_b
     monitors = site_b.monitors.split(",")

@@ -27,9 +27,9 @@ from reconciler.handle import VolumeHandle
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.csidriver import GIB, CephCSIDriver, CSISecrets, build_cephcsi, config_json
 from reconciler.sandbox.errors import ApiRequestFailed
-from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
 from tests.support.polling import wait_for
 
@@ -45,7 +45,7 @@ API = "/apis/rbdmirror.csi.ceph.io/v1alpha1"
 @dataclass
 class World:
     pair: SitePair
-    kube: KubeSandbox
+    kube: KubeCluster
     driver: CephCSIDriver
     """The real ceph-csi on site-b, fed site-b's entry alone."""
     secrets: CSISecrets
@@ -138,7 +138,7 @@ def static_pv(name: str, handle: str, context: dict[str, str]) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def world(
     ceph_pair: SitePair,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     crds: None,
     checkout: Checkout,
     tmp_path_factory: pytest.TempPathFactory,

@@ -36,6 +36,7 @@ from reconciler.k8s.manager import Manager, ManagerSettings
 from reconciler.k8s.metrics import RuntimeMetrics
 from reconciler.k8s.server import ServerSettings
 from reconciler.k8s.tasks import cancel_and_wait
+from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.process import free_port
 from tests.e2e.support import report
@@ -119,6 +120,7 @@ async def test_informer_sees_creates_updates_and_deletes(
     assert informer.store.by_index("v", "1") == []
 
 
+@pytest.mark.owns_apiserver
 async def test_informer_relists_after_apiserver_restart_and_loses_no_change(
     kube: KubeSandbox, api: RateLimitedApiClient, namespace: str, running: Running
 ) -> None:
@@ -196,7 +198,7 @@ async def test_informer_reopens_a_silent_watch(
     assert informer.stats.failures == 0
 
 
-async def test_writes_are_rate_limited_client_side(kube: KubeSandbox, namespace: str) -> None:
+async def test_writes_are_rate_limited_client_side(kube: KubeCluster, namespace: str) -> None:
     api = await make_api_client(kube.kubeconfig, ApiSettings(qps=5.0, burst=2))
     try:
         core = CoreV1Api(api)
@@ -266,7 +268,7 @@ async def tiny_priority_level(api: RateLimitedApiClient, namespace: str) -> Asyn
 
 
 async def test_429_from_the_api_server_is_waited_out(
-    kube: KubeSandbox, api: RateLimitedApiClient, namespace: str, tiny_priority_level: str
+    kube: KubeCluster, api: RateLimitedApiClient, namespace: str, tiny_priority_level: str
 ) -> None:
     base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
     role = {
@@ -449,7 +451,7 @@ async def stamp_of(core: CoreV1Api, namespace: str, name: str) -> str | None:
 async def test_two_processes_elect_one_leader_and_hand_over_when_it_dies(
     *,
     request: pytest.FixtureRequest,
-    kube: KubeSandbox,
+    kube: KubeCluster,
     api: RateLimitedApiClient,
     namespace: str,
     replicas: list[Replica],
