@@ -119,6 +119,8 @@ async def create_world(kubeconfig: Path, count: int) -> float:
             name = f"pvc-{object_uuid}"
             metadata = {"name": name, "labels": {VOLUME_HANDLE_HASH_LABEL: volume_handle_hash(old)}}
             async with semaphore:
+                # No status subresource: the object is created with its status, as the
+                # controller writes it.
                 await request_json(
                     api,
                     "POST",
@@ -128,17 +130,7 @@ async def create_world(kubeconfig: Path, count: int) -> float:
                         "kind": "VolumeHandleMapping",
                         "metadata": metadata,
                         "spec": {"pvName": name, "volumeHandle": old},
-                    },
-                )
-                await server_side_apply(
-                    api,
-                    VOLUME_HANDLE_MAPPINGS,
-                    {
-                        "apiVersion": API_VERSION,
-                        "kind": "VolumeHandleMapping",
-                        "metadata": {"name": name},
                         "status": {
-                            "observedGeneration": 1,
                             "newVolumeHandle": new.encode(),
                             "clusterID": LOCAL,
                             "pool": POOL,
@@ -151,8 +143,6 @@ async def create_world(kubeconfig: Path, count: int) -> float:
                             "conditions": ready,
                         },
                     },
-                    field_manager=FIELD_MANAGER,
-                    subresource="status",
                 )
 
         started = time.perf_counter()

@@ -165,12 +165,9 @@ class MappingRecords:
         old_status = existing.get("status") or {}
         ready = find_condition(existing, READY)
         assert ready is not None
-        generation = int(existing["metadata"].get("generation", 0))
-        degraded = condition(DEGRADED, True, err.reason, str(err), generation)
+        degraded = condition(DEGRADED, True, err.reason, str(err))
         conditions = merge_conditions(old_status.get("conditions") or [], [ready, degraded])
-        status = {**old_status, "conditions": conditions}
-        if status != old_status:
-            await self._apply_status(pv, status)
+        await self._write(pv, existing, {**old_status, "conditions": conditions})
         before = find_condition(existing, DEGRADED) or {}
         if (before.get("status"), before.get("reason")) != ("True", err.reason):
             for obj, kind in ((pv, PERSISTENT_VOLUME_KIND), (existing, VOLUME_HANDLE_MAPPING_KIND)):
@@ -217,29 +214,20 @@ class MappingRecords:
         event_message: str = "",
     ) -> None:
         handle = str(pv["spec"]["csi"]["volumeHandle"])
-        try:
-            mapping = await self._ensure_mapping(pv, existing, handle)
-        except ApiStatusError as err:
-            await self._rejected(pv, err)
-            raise
-        generation = int(mapping["metadata"].get("generation", 0))
-        old_status = mapping.get("status") or {}
+        old_status = (existing or {}).get("status") or {}
         if not ready and (existing or {}).get("spec", {}).get("volumeHandle") == handle:
             fields = {k: old_status[k] for k in RESULT_FIELDS if k in old_status}
-        ready_condition = condition(READY, ready, reason, message, generation)
+        ready_condition = condition(READY, ready, reason, message)
         wanted = [ready_condition]
         if ready:
-            wanted.append(
-                condition(DEGRADED, False, "Reconciled", "the last pass reached Ceph", generation)
-            )
+            wanted.append(condition(DEGRADED, False, "Reconciled", "the last pass reached Ceph"))
         conditions = merge_conditions(old_status.get("conditions") or [], wanted)
-        status: dict[str, Any] = {"observedGeneration": generation, **fields}
+        status: dict[str, Any] = dict(fields)
         if ready:
             status["readySince"] = conditions[0]["lastTransitionTime"]
         status["conditions"] = conditions
-        if status != old_status:
-            await self._apply_status(pv, status)
-        if transition(mapping, ready_condition):
+        mapping = await self._write(pv, existing, status)
+        if transition(existing or {}, ready_condition):
             if ready and self.remap_duration is not None:
                 age = age_seconds(pv)
                 if age is not None:
@@ -249,14 +237,20 @@ class MappingRecords:
                     obj, kind, warning=not ready, reason=reason, message=event_message or message
                 )
 
-    async def _apply_status(self, pv: KubeObject, status: dict[str, Any]) -> None:
+    async def _write(
+        self, pv: KubeObject, existing: KubeObject | None, status: dict[str, Any]
+    ) -> KubeObject:
+        """The whole mapping (labels, owner, spec and status) in one server-side apply, unless the
+        server holds it already; returns what the server holds. One write per PV, not two: the
+        kind has no status subresource, as the controller alone writes spec and status, and a
+        failover writes thousands at once."""
+        desired = _mapping_for(pv, str(pv["spec"]["csi"]["volumeHandle"]))
+        desired["status"] = status
+        if existing is not None and _held(desired, existing):
+            return existing
         try:
-            await server_side_apply(
-                self.api_client,
-                VOLUME_HANDLE_MAPPINGS,
-                {**_identity(pv["metadata"]["name"]), "status": status},
-                field_manager=FIELD_MANAGER,
-                subresource="status",
+            return await server_side_apply(
+                self.api_client, VOLUME_HANDLE_MAPPINGS, desired, field_manager=FIELD_MANAGER
             )
         except ApiStatusError as err:
             await self._rejected(pv, err)
@@ -273,25 +267,6 @@ class MappingRecords:
             pv, PERSISTENT_VOLUME_KIND, warning=True, reason="MappingRejected", message=message
         )
         raise TerminalError(message) from err
-
-    async def _ensure_mapping(
-        self, pv: KubeObject, existing: KubeObject | None, handle: str
-    ) -> KubeObject:
-        """The mapping with the PV's current handle, its label and owner: applied if they differ."""
-        desired = _mapping_for(pv, handle)
-        if (
-            existing is not None
-            and all(
-                _subset(desired[part], existing.get(part) or {}) for part in ("metadata", "spec")
-            )
-            # A handle too long to be stored is left out: one stored earlier must go.
-            and (existing.get("spec") or {}).get("volumeHandle")
-            == desired["spec"].get("volumeHandle")
-        ):
-            return existing
-        return await server_side_apply(
-            self.api_client, VOLUME_HANDLE_MAPPINGS, desired, field_manager=FIELD_MANAGER
-        )
 
     async def delete_stale(self, existing: KubeObject | None) -> None:
         if existing is None or self.dry_run:
@@ -338,6 +313,17 @@ def keeps_ready(pv: KubeObject, existing: KubeObject | None, err: ReconcilerErro
         and is_ready(existing)
         and (existing.get("spec") or {}).get("volumeHandle") == pv["spec"]["csi"]["volumeHandle"]
         and (isinstance(err, KEEPS_READY) or type(err) is CephError)
+    )
+
+
+def _held(desired: KubeObject, existing: KubeObject) -> bool:
+    """Whether the server holds `desired` already: its labels and owner among the object's, and
+    the same spec (a handle too long to be stored is left out: one stored earlier must go) and
+    status."""
+    return (
+        _subset(desired["metadata"], existing["metadata"])
+        and existing.get("spec") == desired["spec"]
+        and existing.get("status") == desired["status"]
     )
 
 

@@ -1,4 +1,4 @@
-"""metav1.Condition bookkeeping for status subresources.
+"""metav1.Condition bookkeeping for statuses.
 
 Conditions keep their lastTransitionTime while their status stays the same, so re-applying an
 unchanged status is a no-op on the server.
@@ -21,16 +21,19 @@ def now() -> str:
 
 
 def condition(
-    condition_type: str, status: bool, reason: str, message: str, generation: int
+    condition_type: str, status: bool, reason: str, message: str, generation: int | None = None
 ) -> Condition:
-    """A metav1.Condition without its lastTransitionTime (see `merge_conditions`)."""
-    return {
+    """A metav1.Condition without its lastTransitionTime (see `merge_conditions`); the
+    generation it was observed at, for kinds whose status is a subresource."""
+    found: Condition = {
         "type": condition_type,
         "status": "True" if status else "False",
         "reason": reason,
         "message": message,
-        "observedGeneration": generation,
     }
+    if generation is not None:
+        found["observedGeneration"] = generation
+    return found
 
 
 def find_condition(obj: Mapping[str, Any], condition_type: str) -> Condition | None:
@@ -53,13 +56,16 @@ def merge_conditions(
 
 
 def is_ready(obj: Mapping[str, Any]) -> bool:
-    """Ready=True for the object's current generation (a stale status does not count)."""
+    """Ready=True, for the object's current generation where its status says which one it
+    observed (a stale status does not count). A kind without a status subresource writes spec
+    and status at once, so its status cannot be stale and carries no observedGeneration."""
     ready = find_condition(obj, READY)
     status = obj.get("status") or {}
     return (
         ready is not None
         and ready.get("status") == "True"
-        and status.get("observedGeneration") == obj["metadata"].get("generation")
+        and status.get("observedGeneration", obj["metadata"].get("generation"))
+        == obj["metadata"].get("generation")
     )
 
 

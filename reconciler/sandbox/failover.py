@@ -155,10 +155,7 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     status = obj.get("status") or {}
     return {
         "metadata": {k: obj["metadata"].get(k) for k in ("name", "resourceVersion", "generation")},
-        "status": {
-            "observedGeneration": status.get("observedGeneration"),
-            "conditions": status.get("conditions") or [],
-        },
+        "status": {k: status[k] for k in ("observedGeneration", "conditions") if k in status},
     }
 
 

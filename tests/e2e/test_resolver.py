@@ -1,6 +1,7 @@
 """The CSI-side resolver against the real API server of the `kube` fixture. The mappings are
-created and their status written through the status subresource (server-side apply), exactly as
-the controllers do; the resolver only reads. Nothing here is a fake.
+created and their status written by server-side apply (a ClusterIDMapping's through its status
+subresource, a VolumeHandleMapping's with the object), exactly as the controllers do; the
+resolver only reads. Nothing here is a fake.
 """
 
 from __future__ import annotations
@@ -140,22 +141,20 @@ async def create_handle_mapping(api: RateLimitedApiClient, name: str, old: str) 
 async def mark_handle_mapping_ready(
     api: RateLimitedApiClient, name: str, new: VolumeHandle, pool: str = POOL
 ) -> None:
-    await write_status(
-        api,
-        VOLUME_HANDLE_MAPPINGS,
-        "VolumeHandleMapping",
-        name,
-        {
-            "observedGeneration": 1,
-            "newVolumeHandle": new.encode(),
-            "clusterID": new.cluster_id,
-            "pool": pool,
-            "poolID": new.pool_id,
-            "imageName": new.image_name(),
-            "journalPool": pool,
-            "radosNamespace": "",
-            "conditions": ready_conditions("Regenerated"),
-        },
+    # The kind has no status subresource: its status is applied with the object.
+    status = {
+        "newVolumeHandle": new.encode(),
+        "clusterID": new.cluster_id,
+        "pool": pool,
+        "poolID": new.pool_id,
+        "imageName": new.image_name(),
+        "journalPool": pool,
+        "radosNamespace": "",
+        "conditions": ready_conditions("Regenerated"),
+    }
+    body = {"apiVersion": API_VERSION, "kind": "VolumeHandleMapping", "metadata": {"name": name}}
+    await server_side_apply(
+        api, VOLUME_HANDLE_MAPPINGS, {**body, "status": status}, field_manager=FIELD_MANAGER
     )
 
 

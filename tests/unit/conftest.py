@@ -125,8 +125,8 @@ def cluster_id_mapping(
 def volume_handle_mapping(
     name: str, old_handle: str, *, resource_version: str = "1", **status: Any
 ) -> KubeObject:
-    """PV `name`'s VolumeHandleMapping of `old_handle`; with `status` fields, a status written
-    for its generation 1."""
+    """PV `name`'s VolumeHandleMapping of `old_handle`; with `status` fields, written with it
+    (the kind has no status subresource)."""
     obj: KubeObject = {
         "metadata": {
             "name": name,
@@ -137,7 +137,7 @@ def volume_handle_mapping(
         "spec": {"pvName": name, "volumeHandle": old_handle},
     }
     if status:
-        obj["status"] = {"observedGeneration": 1, **status}
+        obj["status"] = dict(status)
     return obj
 
 
@@ -212,11 +212,11 @@ class RecordingApiClient(ApiClient):
         return [r for r in self.requests if r.method != "GET"]
 
     def status_applies(self) -> list[dict[str, Any]]:
-        """The statuses applied, in order."""
+        """The statuses applied, in order: to a status subresource or with the object."""
         return [
             r.body["status"]
             for r in self.requests
-            if r.method == "PATCH" and r.path.endswith("/status")
+            if r.method == "PATCH" and "fieldManager=" in r.query and "status" in r.body
         ]
 
     def events(self) -> list[dict[str, Any]]:
@@ -262,9 +262,15 @@ class RecordingApiClient(ApiClient):
                     "metadata": {"name": body["metadata"]["name"], "uid": f"uid-{path}"},
                 },
             )
-            if "spec" in body and body["spec"] != held.get("spec"):
+            # Without a status subresource the status is written with the object, and a
+            # change to it is a new generation too.
+            no_subresource = path.startswith(VOLUME_HANDLE_MAPPINGS.collection_path())
+            parts = ("spec", "status") if no_subresource else ("spec",)
+            changed = [part for part in parts if part in body and body[part] != held.get(part)]
+            if changed:
                 held["metadata"]["generation"] = held["metadata"].get("generation", 0) + 1
-                held["spec"] = body["spec"]
+            for part in changed:
+                held[part] = body[part]
             for key, value in body["metadata"].items():
                 held["metadata"][key] = value
         self._versions += 1
