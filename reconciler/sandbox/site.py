@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -197,6 +198,8 @@ class ControllerProcess:
     extra_args: list[str] = field(default_factory=list)
     #: /healthz, /readyz and /metrics: one address for every start, so a scraper keeps its target.
     health_address: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    #: Variables added to the environment each start of the process gets (tests' instrumentation).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_file(self) -> Path:
@@ -224,6 +227,7 @@ class ControllerProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -253,3 +257,26 @@ class ControllerProcess:
             path.read_text(errors="replace")[-4000:]
             for path in sorted(self.log_dir.glob("controller-*.log"))
         )
+
+
+def elected_controller(
+    kubeconfig: Path, log_dir: Path, local_cluster_id: str, namespace: str, *extra_args: str
+) -> ControllerProcess:
+    """A controller as the e2e modules run it: one of several replicas (it holds the Lease in
+    `namespace` while working), writing ceph-csi's config files, with short Ceph timeouts; more
+    flags in `extra_args` (e.g. the lease's timings)."""
+    return ControllerProcess(
+        kubeconfig,
+        log_dir,
+        local_cluster_id,
+        namespace,
+        extra_args=[
+            "--manage-csi-config",
+            "--ceph-timeout",
+            "5",
+            "--leader-elect",
+            "--leader-election-namespace",
+            namespace,
+            *extra_args,
+        ],
+    )
