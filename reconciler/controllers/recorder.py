@@ -2,7 +2,7 @@
 the bookkeeping.
 
 A PV's journal is what makes ceph-csi work again; its VolumeHandleMapping is the record of it. A
-journal costs a few RADOS ops, its mapping two API writes, and during a failover of thousands
+journal costs a few RADOS ops, its mapping one API write, and during a failover of thousands
 of PVs the API server is the slower of the two. When the controller has a backlog, each worker
 regenerates a journal and hands the mapping's writes to this recorder, then takes the next PV:
 journals go at Ceph's pace while `concurrency` writers record them at the API server's (only
