@@ -16,7 +16,7 @@ from typing import Any
 
 from reconciler.cephconn import DEFAULT_TIMEOUT
 from reconciler.cephpool import ConnectionPool
-from reconciler.cli.common import EXIT_USAGE, fail
+from reconciler.cli.common import EXIT_FAILED, EXIT_USAGE, fail
 from reconciler.cli.flags import host_port, positive_float, positive_int
 from reconciler.controllers.cephcsi import CONFIG_FILE, MAPPING_FILE, CephCSIConfigRenderer
 from reconciler.controllers.clusteridmapping import ClusterIDMappingReconciler
@@ -39,6 +39,7 @@ from reconciler.k8s import (
     ControllerSettings,
     Informer,
     LeaderElectionSettings,
+    LeadershipLost,
     Manager,
     ManagerSettings,
     ServerSettings,
@@ -306,7 +307,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:  # lease durations out of order
         return fail(f"leader election: {err}", EXIT_USAGE)
     configure_logging(config.log_level)
-    asyncio.run(run(config))
+    try:
+        asyncio.run(run(config))
+    except LeadershipLost as err:
+        # As with controller-runtime, a replica that may no longer lead exits (its Deployment
+        # starts it again, as a follower); one line says why, not a traceback.
+        return fail(f"{err}; exiting, so that only the lease holder writes", EXIT_FAILED)
     return 0
 
 

@@ -447,6 +447,9 @@ def test_a_stale_leader_resumed_after_losing_its_lease_stops_leading_and_corrupt
     assert stale.process is not None and stale.process.returncode != 0
     said = messages(stale)
     assert "could not renew the lease in time" in said
+    # It says so in one line, without a traceback or an unretrieved Ceph error.
+    assert "exiting, so that only the lease holder writes" in stale.log()
+    assert "Traceback" not in stale.log() and "never retrieved" not in stale.log()
     assert world.lease_holder() == successor_id
     assert alive(successor)
     # Its stale write found the directory key set and was re-planned: nothing more was written.
