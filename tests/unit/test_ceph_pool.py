@@ -9,6 +9,7 @@ it is shut down and whether a call was running then.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from typing import Any
@@ -87,6 +88,40 @@ async def test_aclose_waits_without_blocking_the_loop() -> None:
     # Closed: a new call is refused, retryably, instead of reaching a shut-down client.
     with pytest.raises(CephUnavailable, match="was closed"):
         await conn._call(lambda: None)
+
+
+async def test_aclose_leaves_no_unretrieved_error_of_a_call_it_waited_for() -> None:
+    """A call failing while aclose() waits for it (a stale leader's refused write, at exit) was
+    logged by asyncio as "Future exception was never retrieved": its caller is gone (cancelled),
+    and aclose() only waits. Its error belongs to its caller; aclose() must not leave it behind,
+    neither for a call that ends within the grace nor for one that ends after it."""
+    conn, _ = connection()
+    release = threading.Event()
+    late = threading.Event()
+
+    def refused() -> None:
+        release.wait(10)
+        raise OSError("Failed to operate write op for oid csi.volumes.default")
+
+    def refused_late() -> None:
+        late.wait(10)
+        raise OSError("refused after the grace")
+
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    callers = [asyncio.ensure_future(conn._call(fn)) for fn in (refused, refused_late)]
+    await asyncio.sleep(0.05)
+    for caller in callers:  # the callers are gone, as when leadership is lost
+        caller.cancel()
+    threading.Timer(0.1, release.set).start()
+    await conn.aclose(grace=0.5)
+    late.set()
+    await asyncio.sleep(0.2)  # the late call ends, and its answer reaches the loop
+    del callers
+    gc.collect()
+    await asyncio.sleep(0)
+    assert unretrieved == []
 
 
 async def test_a_call_that_outlasts_the_grace_keeps_its_client(
