@@ -260,11 +260,18 @@ class ControllerProcess:
 
 
 def elected_controller(
-    kubeconfig: Path, log_dir: Path, local_cluster_id: str, namespace: str, *extra_args: str
+    kubeconfig: Path,
+    log_dir: Path,
+    local_cluster_id: str,
+    namespace: str,
+    *extra_args: str,
+    ceph_timeout: float | None = 5.0,
 ) -> ControllerProcess:
     """A controller as the e2e modules run it: one of several replicas (it holds the Lease in
-    `namespace` while working), writing ceph-csi's config files, with short Ceph timeouts; more
-    flags in `extra_args` (e.g. the lease's timings)."""
+    `namespace` while working), writing ceph-csi's config files, with short Ceph timeouts
+    (`ceph_timeout` seconds; None: the flag's default); more flags in `extra_args` (e.g. the
+    lease's timings)."""
+    timeout = [] if ceph_timeout is None else ["--ceph-timeout", f"{ceph_timeout:g}"]
     return ControllerProcess(
         kubeconfig,
         log_dir,
@@ -272,8 +279,7 @@ def elected_controller(
         namespace,
         extra_args=[
             "--manage-csi-config",
-            "--ceph-timeout",
-            "5",
+            *timeout,
             "--leader-elect",
             "--leader-election-namespace",
             namespace,

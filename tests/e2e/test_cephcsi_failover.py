@@ -185,17 +185,12 @@ def failover(
         site.cluster_id_mapping(MAPPING, SITE_A_ID, SITE_B_ID, [{"name": pool}]),
         *(v.pv() for v in volumes),
     )
-    controller = site.ControllerProcess(
+    controller = site.elected_controller(
         kube.service_account_kubeconfig(NAMESPACE, site.SERVICE_ACCOUNT, create=False),
         work,
         SITE_B_ID,
         NAMESPACE,
-        extra_args=[
-            "--manage-csi-config",
-            "--leader-elect",
-            "--leader-election-namespace",
-            NAMESPACE,
-        ],
+        ceph_timeout=None,
     )
     driver = CephCSIDriver(binary, work / "site-b")
     controller.start()

@@ -47,20 +47,7 @@ CONVERGE = 90.0
 
 
 def controller_process(kubeconfig: Path, work: Path) -> site.ControllerProcess:
-    return site.ControllerProcess(
-        kubeconfig,
-        work,
-        SITE_B_ID,
-        NAMESPACE,
-        extra_args=[
-            "--manage-csi-config",
-            "--ceph-timeout",
-            "5",
-            "--leader-elect",
-            "--leader-election-namespace",
-            NAMESPACE,
-        ],
-    )
+    return site.elected_controller(kubeconfig, work, SITE_B_ID, NAMESPACE)
 
 
 def cluster_id_mapping(name: str, site_a: str, **pool_ids: int) -> dict[str, Any]:

@@ -186,20 +186,7 @@ def world(
     ]
     ceph_pair.fail_over([volume.image_name for volume in made])
     kubeconfig = kube.service_account_kubeconfig(NAMESPACE, site.SERVICE_ACCOUNT, create=False)
-    controller = site.ControllerProcess(
-        kubeconfig,
-        work,
-        SITE_B_ID,
-        NAMESPACE,
-        extra_args=[
-            "--manage-csi-config",
-            "--ceph-timeout",
-            "5",
-            "--leader-elect",
-            "--leader-election-namespace",
-            NAMESPACE,
-        ],
-    )
+    controller = site.elected_controller(kubeconfig, work, SITE_B_ID, NAMESPACE)
     controller.start("--workers", "2")
     world = World(ceph_pair, kube, controller, key, spare=made)
     try:
