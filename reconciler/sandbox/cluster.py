@@ -170,6 +170,16 @@ class KubeCluster:
         except json.JSONDecodeError:
             return text
 
+    def get(self, api_path: str) -> dict[str, Any] | None:
+        """The object at `api_path`, as the admin reads it; None while it does not exist."""
+        try:
+            found: dict[str, Any] = self.request("GET", api_path)
+        except ApiRequestFailed as err:
+            if err.status == 404:
+                return None
+            raise
+        return found
+
     def _ensure(self, api_path: str, body: dict[str, Any]) -> None:
         try:
             self.request("GET", api_path)

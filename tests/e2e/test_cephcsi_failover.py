@@ -34,7 +34,6 @@ from reconciler.sandbox.csidriver import (
     config_json,
     start_journal_regenerator,
 )
-from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.site import kubectl
 from tests.support.polling import wait_for
@@ -104,13 +103,7 @@ class Failover:
 
     def get(self, path: str) -> dict[str, Any]:
         """The object at `path`; {} while it does not exist."""
-        try:
-            found: dict[str, Any] = self.kube.request("GET", path)
-        except ApiRequestFailed as err:
-            if err.status == 404:
-                return {}
-            raise
-        return found
+        return self.kube.get(path) or {}
 
     def mapping(self, pv_name: str) -> dict[str, Any]:
         return self.get(f"{API}/volumehandlemappings/{pv_name}")

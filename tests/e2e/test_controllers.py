@@ -25,7 +25,6 @@ from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
-from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.prometheus import Prometheus
 from reconciler.sandbox.site import GROUP, apply, kubectl
@@ -54,18 +53,8 @@ def cluster_id_mapping(name: str, site_a: str, **pool_ids: int) -> dict[str, Any
     return site.cluster_id_mapping(name, site_a, SITE_B_ID, [{"name": "replicapool", **pool_ids}])
 
 
-def get(kube: KubeCluster, path: str) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = kube.request("GET", path)
-    except ApiRequestFailed as err:
-        if err.status == 404:
-            return None
-        raise
-    return found
-
-
 def handle_mapping(kube: KubeCluster, pv_name: str) -> dict[str, Any] | None:
-    return get(kube, f"{API}/volumehandlemappings/{pv_name}")
+    return kube.get(f"{API}/volumehandlemappings/{pv_name}")
 
 
 def ready(obj: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -294,7 +283,7 @@ def test_cluster_mapping_status_and_the_rendered_file(
     wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
 
     def learnt() -> dict[str, Any] | None:
-        cidm = get(world.kube, f"{API}/clusteridmappings/site-a-to-b") or {}
+        cidm = world.kube.get(f"{API}/clusteridmappings/site-a-to-b") or {}
         pools = (cidm.get("status") or {}).get("rbdPools") or [{}]
         return cidm if "localPoolID" in pools[0] and "remotePoolID" in pools[0] else None
 
@@ -313,7 +302,7 @@ def test_cluster_mapping_status_and_the_rendered_file(
     assert ready_of(cidm)["reason"] == "Mapped"
 
     def rendered() -> str | None:
-        config_map = get(world.kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}")
+        config_map = world.kube.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}")
         text = ((config_map or {}).get("data") or {}).get(MAPPING_KEY)
         return text if text and str(pool_a) in text else None
 
@@ -340,7 +329,7 @@ def test_cluster_mapping_status_and_the_rendered_file(
     assert ceph_csi_resolve(text, SITE_B_ID, pool_b) == (SITE_A_ID, pool_a)
     # config.json: the local entry as it was, and a copy of it under the failed site's clusterID
     # (ceph-csi looks the handle's clusterID up there before it reads the mapping).
-    config_map = get(world.kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}") or {}
+    config_map = world.kube.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}") or {}
     clusters = json.loads(config_map["data"]["config.json"])
     assert [c["clusterID"] for c in clusters] == [SITE_B_ID, SITE_A_ID]
     assert {**clusters[1], "clusterID": SITE_B_ID} == {
@@ -351,7 +340,7 @@ def test_cluster_mapping_status_and_the_rendered_file(
     assert json.loads(annotations["rbdmirror.csi.ceph.io/rendered-config-json"]) == [SITE_A_ID]
 
     def configured() -> dict[str, Any] | None:
-        cidm = get(world.kube, f"{API}/clusteridmappings/site-a-to-b") or {}
+        cidm = world.kube.get(f"{API}/clusteridmappings/site-a-to-b") or {}
         found = [
             c
             for c in (cidm.get("status") or {}).get("conditions") or []
@@ -466,7 +455,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(
     for name, other in (("site-c-first", "site-c-second"), ("site-c-second", "site-c-first")):
 
         def conflicting(name: str = name) -> dict[str, Any] | None:
-            condition = ready(get(world.kube, f"{API}/clusteridmappings/{name}"))
+            condition = ready(world.kube.get(f"{API}/clusteridmappings/{name}"))
             return condition if condition and condition["reason"] == "Conflicting" else None
 
         condition = wait_for(conflicting, CONVERGE, f"{name} marked Conflicting")
@@ -481,7 +470,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
     assert sorted(mapping["status"]["clusterIDMappings"]) == ["site-c-first", "site-c-second"]
     for name in ("site-c-first", "site-c-second"):
-        assert ready_of(get(world.kube, f"{API}/clusteridmappings/{name}"))["reason"] == "Mapped"
+        assert ready_of(world.kube.get(f"{API}/clusteridmappings/{name}"))["reason"] == "Mapped"
 
 
 def test_deleting_the_pv_deletes_its_mapping(failed_over: World, volumes: VolumeFactory) -> None:
@@ -807,7 +796,7 @@ def test_one_clusterid_on_both_sites_is_remapped_by_pool_id(
         pool_a = pair.site_a.pool_id(pair.pool)
 
         def learnt() -> list[dict[str, Any]] | None:
-            obj = get(world.kube, f"{API}/clusteridmappings/one-clusterid") or {}
+            obj = world.kube.get(f"{API}/clusteridmappings/one-clusterid") or {}
             pools = (obj.get("status") or {}).get("rbdPools") or []
             return pools if pools and "remotePoolID" in pools[0] else None
 

@@ -36,7 +36,6 @@ from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_CAPS, CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
-from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.site import GROUP, apply, kubectl
 from tests.support import csi_replay
@@ -73,23 +72,14 @@ class World:
         result = apply(self.kube, *manifests, check=False)
         assert result.returncode == 0, result.stderr
 
-    def get(self, path: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = self.kube.request("GET", path)
-        except ApiRequestFailed as err:
-            if err.status == 404:
-                return None
-            raise
-        return found
-
     def mapping(self, pv_name: str) -> dict[str, Any] | None:
-        return self.get(f"{API}/volumehandlemappings/{pv_name}")
+        return self.kube.get(f"{API}/volumehandlemappings/{pv_name}")
 
     def cluster_mapping(self, name: str = MAPPING) -> dict[str, Any] | None:
-        return self.get(f"{API}/clusteridmappings/{name}")
+        return self.kube.get(f"{API}/clusteridmappings/{name}")
 
     def config_map_key(self, key: str) -> str:
-        found = self.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}") or {}
+        found = self.kube.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CSI_CONFIG}") or {}
         return str((found.get("data") or {}).get(key) or "[]")
 
     def wait(self, probe: Any, what: str, timeout: float = CONVERGE) -> Any:

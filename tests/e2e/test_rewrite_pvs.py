@@ -29,7 +29,6 @@ from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.csidriver import GIB, CephCSIDriver, CSISecrets, build_cephcsi, config_json
-from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.pair import SitePair
 from tests.support.polling import wait_for
 
@@ -100,13 +99,7 @@ class World:
         ]
 
     def mapping(self, name: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = self.kube.request("GET", f"{API}/volumehandlemappings/{name}")
-        except ApiRequestFailed as err:
-            if err.status == 404:
-                return None
-            raise
-        return found
+        return self.kube.get(f"{API}/volumehandlemappings/{name}")
 
     def image_size(self, image: str) -> int:
         info = self.pair.site_b.rbd("info", f"{self.pair.pool}/{image}", "--format", "json")
