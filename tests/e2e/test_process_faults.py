@@ -21,9 +21,11 @@ instrumentation (tests/support/journal_steps.py): nothing of it is in the produc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +37,7 @@ from typing import Any
 import pytest
 import rados
 
+from reconciler.csi import ResolveError, SyncResolver
 from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
@@ -87,6 +90,8 @@ class World:
     """The controller's ServiceAccount's."""
     key: str
     """site-b's Ceph key in the Secret: it must show nowhere."""
+    resolver: SyncResolver
+    """The CSI side's resolver, running through every fault: it must keep answering."""
     spare: list[Provisioned] = field(default_factory=list)
 
     def take(self, count: int) -> list[Provisioned]:
@@ -268,9 +273,12 @@ def world(
     )
     volumes = new_volumes.derive(cluster_id=SITE_A_ID, prefix="pf")(VOLUMES)
     kubeconfig = kube.service_account_kubeconfig(NAMESPACE, site.SERVICE_ACCOUNT, create=False)
+    resolver = SyncResolver(kube.kubeconfig, csi_config_namespace=NAMESPACE)
+    resolver.start()
     try:
-        yield World(ceph_pair, kube, kubeconfig, key, spare=list(volumes))
+        yield World(ceph_pair, kube, kubeconfig, key, resolver, spare=list(volumes))
     finally:
+        resolver.close()
         ours = [v.pv_name for v in volumes]
         kubectl(kube, "delete", "pv", *ours, "--ignore-not-found", "--wait=false")
         kubectl(kube, "delete", "cidm", MAPPING, "--ignore-not-found")
@@ -352,8 +360,13 @@ def assert_converged(world: World, controllers: Controllers, volumes: list[Provi
         assert healthy(mapping), mapping.get("status")
         assert condition(mapping, "Ready")["reason"] == "JournalRegenerated"
         assert mapping["spec"] == {"pvName": name, "volumeHandle": volume.handle}
-        assert mapping["status"]["newVolumeHandle"] == csi_replay.ceph_csi_handle(
-            SITE_B_ID, pool_b, volume.object_uuid
+        new_handle = csi_replay.ceph_csi_handle(SITE_B_ID, pool_b, volume.object_uuid)
+        assert mapping["status"]["newVolumeHandle"] == new_handle
+        # And the CSI side resolves the old handle to it (its cache may be a watch event behind).
+        wait_for(
+            functools.partial(resolves_to, world, volume.handle, new_handle),
+            10,
+            f"the resolver to answer {name}'s old handle with {new_handle}",
         )
     # Nothing secret: not in a log, an Event or a mapping.
     for controller in controllers.started:
@@ -362,6 +375,20 @@ def assert_converged(world: World, controllers: Controllers, volumes: list[Provi
     events = world.kube.request("GET", "/api/v1/namespaces/default/events")["items"]
     assert world.key not in json.dumps(events)
     assert world.key not in json.dumps(listed)
+
+
+def resolves_to(world: World, handle: str, new_handle: str) -> bool:
+    return resolved(world, handle) == new_handle
+
+
+def resolved(world: World, handle: str) -> str | None:
+    """The handle the CSI side's resolver answers for `handle`, through its mapping; None if it
+    answers otherwise (or not at all)."""
+    try:
+        found = world.resolver.resolve(handle)
+    except ResolveError:
+        return None
+    return found.volume_handle if found.how == "mapping" else None
 
 
 # 1 --------------------------------------------------------------------------------------------
@@ -522,8 +549,26 @@ def test_the_controller_rides_out_an_api_server_restart_mid_burst(
     ready_before = wait(
         lambda: world.ready(volumes), "a first mapping Ready", controllers, interval=0.1
     )
+    served = {v.handle: resolved(world, v.handle) for v in volumes if v.pv_name in ready_before}
+    assert all(served.values()), served
+    # The CSI side keeps answering from its cache while the API server is away.
+    answers: list[str | None] = []
+    outage = threading.Event()
+
+    def ask_throughout() -> None:
+        while not outage.is_set():
+            answers.extend(resolved(world, handle) for handle in served)
+            time.sleep(0.1)
+
+    asking = threading.Thread(target=ask_throughout, name="resolver-during-restart")
+    asking.start()
     # Stopped at once, started again on the same etcd data: the rest of the burst meets it.
-    downtime = kube.restart_apiserver()
+    try:
+        downtime = kube.restart_apiserver()
+    finally:
+        outage.set()
+        asking.join()
+    assert answers and set(answers) == set(served.values()), "the resolver stopped answering"
     restarted = time.monotonic()
     report(request.config, f"\nAPI server restarted in {downtime:.1f} s; {len(ready_before)} of "
            f"{len(volumes)} mappings were Ready when it stopped")  # fmt: skip
