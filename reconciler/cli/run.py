@@ -389,7 +389,7 @@ def wire(manager: Manager, config: RunConfig, connections: ConnectionPool) -> No
     # The PVs waiting: a burst makes listing a pool's images worth it, and moves the mappings'
     # writes off the workers so that journals do not wait for them.
     pv_reconciler.backlog = lambda: len(pv_controller.queue)
-    recorder = StatusRecorder(pv_controller.queue.add_rate_limited, backlog=pv_reconciler.backlog)
+    recorder = StatusRecorder(pv_controller.fail, backlog=pv_reconciler.backlog)
     pv_reconciler.recorder = recorder
     manager.add(recorder.run)
     progress = BurstProgress(

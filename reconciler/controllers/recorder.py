@@ -11,22 +11,19 @@ one process' CPU). Without a backlog, workers record inline as before (nothing i
 nothing reordered).
 
 Per PV only the latest write waits (a PV reconciled again meanwhile replaces it) and one PV's
-writes never run concurrently. A write that fails hands the PV back to the controller
-(`retry`), whose next reconcile finds the journal in place and records it again; one refused for
-good (TerminalError) is logged and left, as a reconcile would leave it. On stop, writes still
-waiting are dropped: the next process reconciles every PV anyway, level-triggered.
+writes never run concurrently. A write that fails goes back to the controller (`fail`), which
+counts, logs and retries it as a failed reconcile of the PV (the next one finds the journal in
+place and records it again), or leaves it if it was refused for good (TerminalError), as a
+reconcile's own failure. On stop, writes still waiting are dropped: the next process reconciles
+every PV anyway, level-triggered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 
-from reconciler.k8s import TerminalError
 from reconciler.k8s.tasks import cancel_and_wait
-
-log = logging.getLogger(__name__)
 
 #: Mapping writes in flight at once, on top of what the workers write themselves.
 DEFAULT_CONCURRENCY = 16
@@ -46,12 +43,13 @@ Write = Callable[[], Awaitable[None]]
 class StatusRecorder:
     def __init__(
         self,
-        retry: Callable[[str], None],
+        fail: Callable[[str, Exception], None],
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         backlog: Callable[[], int] = lambda: 0,
     ) -> None:
-        self.retry = retry
+        self.fail = fail
+        """The controller's: a PV's write failed with this error."""
         self.concurrency = concurrency
         self.backlog = backlog
         """PVs waiting in the controller's queue (for their journals)."""
@@ -114,15 +112,9 @@ class StatusRecorder:
             try:
                 await write()
                 self.recorded += 1
-            except TerminalError as err:
-                self.failed += 1
-                log.error("recording a PV failed terminally", extra={"pv": key, "error": str(err)})
             except Exception as err:
                 self.failed += 1
-                log.warning(
-                    "recording a PV failed; will retry", extra={"pv": key, "error": str(err)}
-                )
-                self.retry(key)
+                self.fail(key, err)
             finally:
                 self._writing.discard(key)
                 if self._waiting:

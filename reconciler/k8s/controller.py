@@ -164,26 +164,35 @@ class Controller:
             started = time.monotonic()
             try:
                 result = await self._reconcile(key)
-            except TerminalError as err:
-                metrics.reconcile_errors.inc()
-                metrics.terminal_errors.inc()
-                metrics.reconcile_total["error"].inc()
-                self.queue.forget(key)
-                log.error("reconcile failed terminally; not retrying", extra={"error": str(err)})
             except Exception as err:
-                metrics.reconcile_errors.inc()
                 metrics.reconcile_total["error"].inc()
-                self.queue.add_rate_limited(key)
-                log.warning(
-                    "reconcile failed; will retry",
-                    exc_info=not isinstance(err, self.settings.expected_errors),
-                    extra={"error": str(err), "retries": self.queue.num_requeues(key)},
-                )
+                self._failed(key, err)
             else:
                 self._requeue(key, result or Result())
             finally:
                 metrics.reconcile_time.observe(time.monotonic() - started)
                 metrics.active_workers.dec()
+
+    def fail(self, key: str, err: Exception) -> None:
+        """Work a reconcile of `key` handed off (a deferred write) failed with `err`: counted,
+        logged and retried (unless terminal) as a failure of the reconcile itself."""
+        with reconcile_context(self.name, key):
+            self._failed(key, err)
+
+    def _failed(self, key: str, err: Exception) -> None:
+        metrics = self._metrics
+        metrics.reconcile_errors.inc()
+        if isinstance(err, TerminalError):
+            metrics.terminal_errors.inc()
+            self.queue.forget(key)
+            log.error("reconcile failed terminally; not retrying", extra={"error": str(err)})
+            return
+        self.queue.add_rate_limited(key)
+        log.warning(
+            "reconcile failed; will retry",
+            exc_info=not isinstance(err, self.settings.expected_errors),
+            extra={"error": str(err), "retries": self.queue.num_requeues(key)},
+        )
 
     def _requeue(self, key: str, result: Result) -> None:
         if result.requeue_after is not None and result.requeue_after > 0:

@@ -128,6 +128,26 @@ async def test_terminal_error_is_counted_and_not_retried(make: Callable[..., Har
     assert h.controller.queue.num_requeues("bad") == 0
 
 
+async def test_a_failure_of_handed_off_work_counts_and_retries_as_the_reconciles_own(
+    make: Callable[..., Harness],
+) -> None:
+    """A deferred write that fails after its reconcile succeeded (controllers.recorder) is
+    the reconcile's failure: counted, and retried unless it is terminal."""
+    calls: Counter[str] = Counter()
+
+    async def reconcile(key: str) -> None:
+        calls[key] += 1
+
+    h = make(reconcile)
+    h.start()
+    h.controller.fail("rejected", TerminalError("422"))
+    h.controller.fail("away", RuntimeError("the API server is away"))
+    await async_wait_for(lambda: calls["away"] == 1, 5, "the failed key reconciled again")
+    assert h.value("controller_runtime_reconcile_errors_total") == 2
+    assert h.value("controller_runtime_terminal_reconcile_errors_total") == 1
+    assert calls["rejected"] == 0 and h.controller.queue.num_requeues("rejected") == 0
+
+
 async def test_requeue_after_brings_the_key_back_later(make: Callable[..., Harness]) -> None:
     seen: list[float] = []
 

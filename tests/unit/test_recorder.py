@@ -19,8 +19,10 @@ from tests.support.polling import async_wait_for
 
 class Running:
     def __init__(self) -> None:
-        self.retried: list[str] = []
-        self.recorder = StatusRecorder(self.retried.append, concurrency=4)
+        self.failures: list[tuple[str, Exception]] = []
+        self.recorder = StatusRecorder(
+            lambda key, err: self.failures.append((key, err)), concurrency=4
+        )
         self.stop = asyncio.Event()
 
 
@@ -37,7 +39,7 @@ async def running() -> AsyncIterator[Running]:
 
 
 async def test_only_a_burst_is_handed_over_and_only_while_running() -> None:
-    recorder = StatusRecorder(lambda key: None)
+    recorder = StatusRecorder(lambda key, err: None)
     assert not recorder.takes(1000)  # not running: workers record inline
     stop = asyncio.Event()
     task = asyncio.create_task(recorder.run(stop))
@@ -76,24 +78,28 @@ async def test_the_latest_write_of_a_pv_wins_and_one_pvs_writes_never_overlap(
     assert running.recorder.recorded == 3
 
 
-async def test_a_failed_write_hands_the_pv_back_and_a_terminal_one_does_not(
+async def test_a_failed_write_goes_back_to_the_controller_with_its_error(
     running: Running,
 ) -> None:
+    away = RuntimeError("the API server is away")
+    rejected = TerminalError("422")
+
     async def fails() -> None:
-        raise RuntimeError("the API server is away")
+        raise away
 
     async def refused() -> None:
-        raise TerminalError("422")
+        raise rejected
 
     running.recorder.submit("pv-1", fails)
     running.recorder.submit("pv-2", refused)
     await async_wait_for(lambda: running.recorder.failed == 2, 5, "both writes")
-    assert running.retried == ["pv-1"]
+    # The controller decides: retried (pv-1) or left and counted as terminal (pv-2).
+    assert sorted(running.failures, key=lambda f: f[0]) == [("pv-1", away), ("pv-2", rejected)]
 
 
 async def test_while_journals_wait_only_a_few_writers_write() -> None:
     backlog = [MIN_BACKLOG]
-    recorder = StatusRecorder(lambda key: None, concurrency=8, backlog=lambda: backlog[0])
+    recorder = StatusRecorder(lambda key, err: None, concurrency=8, backlog=lambda: backlog[0])
     stop = asyncio.Event()
     task = asyncio.create_task(recorder.run(stop))
     release = asyncio.Event()
