@@ -9,6 +9,7 @@ Ceph is always the local pair, started here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from reconciler.k8s import RateLimitedApiClient, make_api_client
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
+from reconciler.sandbox.csidriver import build_cephcsi
 from reconciler.sandbox.kube import KubeBinaries, KubeSandbox
 from reconciler.sandbox.pair import SitePair, start_pair
 from reconciler.sandbox.process import pid_alive
@@ -131,3 +133,12 @@ async def api(kube: KubeCluster) -> AsyncIterator[RateLimitedApiClient]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def cephcsi_binary(request: pytest.FixtureRequest, checkout: Checkout) -> Path:
+    """ceph-csi v3.12.2 built from its source tarball by hack/build-cephcsi.sh (cached)."""
+    began = time.monotonic()
+    binary = build_cephcsi(checkout)
+    report(request.config, f"\ncephcsi binary ready in {time.monotonic() - began:.1f} s")
+    return binary

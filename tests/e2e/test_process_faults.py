@@ -42,6 +42,7 @@ from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
+from reconciler.sandbox.csidriver import config_json, start_journal_regenerator
 from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.kube import KubeSandbox
 from reconciler.sandbox.pair import SitePair
@@ -78,8 +79,8 @@ LONG_LEASE = (
     "--leader-election-retry-period", "2",
 )  # fmt: skip
 #: PVs each test takes; all are failed over in one batch (rbd-mirror is slow to pick up images).
-TWO_WRITERS, STALE_LEADER, PER_KILL, RESTART = 6, 8, 3, 8
-VOLUMES = TWO_WRITERS + STALE_LEADER + 2 * PER_KILL + RESTART
+TWO_WRITERS, STALE_LEADER, PER_KILL, RESTART, BESIDE_CEPH_CSI = 6, 8, 3, 8, 8
+VOLUMES = TWO_WRITERS + STALE_LEADER + 2 * PER_KILL + RESTART + BESIDE_CEPH_CSI
 
 
 @dataclass
@@ -586,3 +587,63 @@ def test_the_controller_rides_out_an_api_server_restart_mid_burst(
     report(request.config, f"\nduring the restart: {said.count('lease acquire/renew failed')} "
            f"failed lease renewals, {said.count('reconcile failed; will retry')} failed "
            "reconciles, retried")  # fmt: skip
+
+
+# 5 --------------------------------------------------------------------------------------------
+
+
+def test_the_controller_and_ceph_csis_own_regenerator_on_the_same_pvs_end_with_one_journal_each(
+    world: World,
+    controllers: Controllers,
+    cephcsi_binary: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """ceph-csi's Helm chart deploys its journal regenerator by default: beside this controller
+    it is a second writer of the same journals, which takes no lease of ours and compares
+    nothing before it writes. The controller starts the burst (one worker, paced, so that it
+    lasts); the regenerator joins in the middle of it and goes for every journal too. Each PV
+    must end with one journal, whoever wrote it, and one Ready mapping."""
+    volumes = world.take(BESIDE_CEPH_CSI)
+    pair = world.pair
+    mapping = [
+        {
+            "clusterIDMapping": {SITE_A_ID: SITE_B_ID},
+            "RBDPoolIDMapping": [
+                {str(pair.site_a.pool_id(pair.pool)): str(pair.site_b.pool_id(pair.pool))}
+            ],
+        }
+    ]
+    ours = controllers.start("beside-ceph-csi", "--workers", "1", elected=True, pace=0.5)
+    wait(lambda: "became leader" in messages(ours), "the controller to lead", controllers)
+    world.apply_pvs(volumes)
+    wait(lambda: journal_writes(ours), "the controller's first journal", controllers, 30, 0.1)
+    regenerator = start_journal_regenerator(
+        cephcsi_binary,
+        tmp_path / "regenerator",
+        kubeconfig=world.kube.kubeconfig,
+        namespace=NAMESPACE,
+        config=config_json({SITE_B_ID: pair.site_b.monitors}),
+        cluster_mapping=json.dumps(mapping),
+    )
+    try:
+        wait_converged(world, controllers, volumes)
+        # The regenerator has synced every PV too (its log names each PV it syncs).
+        wait(
+            lambda: all(v.pv_name in regenerator.log_text() for v in volumes),
+            "ceph-csi's regenerator to have synced every PV",
+            controllers,
+        )
+        regenerator_log = regenerator.log_text()
+    finally:
+        regenerator.stop()
+        # Its Lease would keep a later regenerator waiting for the lease duration.
+        kubectl(world.kube, "-n", NAMESPACE, "delete", "lease", f"rbd.csi.ceph.com-{NAMESPACE}",
+                "--ignore-not-found")  # fmt: skip
+    assert_converged(world, controllers, volumes)
+    assert world.key not in regenerator_log
+    written = journal_writes(ours)
+    report(request.config, f"\nbeside ceph-csi's regenerator: the controller wrote journal "
+           f"keys for {len(written)} of {len(volumes)} PVs, ceph-csi the rest")  # fmt: skip
+    # Both writers wrote: the journals of the PVs the controller did not write are ceph-csi's.
+    assert 0 < len(written) < len(volumes), "one writer did all: no second writer was tested"

@@ -4,7 +4,6 @@ does: the journal, handles and images it writes are the ground truth the project
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from reconciler.sandbox.ceph import CSI_USER, CephCluster
-from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.csidriver import (
     DRIVER_NAME,
@@ -20,14 +18,12 @@ from reconciler.sandbox.csidriver import (
     CephCSIDriver,
     CSIError,
     CSISecrets,
-    build_cephcsi,
     config_json,
     start_journal_regenerator,
 )
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import pid_alive
 from reconciler.sandbox.site import apply, kubectl
-from tests.e2e.support import report
 from tests.support.csi_replay import objects, omap
 from tests.support.polling import wait_for
 
@@ -35,15 +31,6 @@ pytestmark = pytest.mark.e2e
 
 CLUSTER_ID = "site-a"
 OWNER = "apps"
-
-
-@pytest.fixture(scope="session")
-def cephcsi_binary(request: pytest.FixtureRequest, checkout: Checkout) -> Path:
-    """ceph-csi v3.12.2 built from its source tarball by hack/build-cephcsi.sh (cached)."""
-    began = time.monotonic()
-    binary = build_cephcsi(checkout)
-    report(request.config, f"\ncephcsi binary ready in {time.monotonic() - began:.1f} s")
-    return binary
 
 
 @pytest.fixture(scope="session")
