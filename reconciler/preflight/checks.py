@@ -104,6 +104,8 @@ class Preflight:
         self.images: dict[tuple[str, str, str], MirrorImage] = {}
         self.missing_pools: set[str] = set()
         self.pool_ids: dict[str, int | None] = {}
+        self.old_pool_ids_here: dict[int, str] = {}
+        """Old pool IDs (of remote handles) that name a pool on this cluster: ID -> its name."""
         self.rados_namespace = ""
         self.monitors = ""
         self.local_configured = False
@@ -126,6 +128,7 @@ class Preflight:
                 v.report.not_checked("journal", why)
             return self.report
         await self._list_pools(ceph, volumes)
+        await self._look_up_old_pool_ids(ceph, volumes)
         view = await self._planning_view(ceph, volumes)
         semaphore = asyncio.Semaphore(self.settings.concurrency)
         done = 0
@@ -251,6 +254,28 @@ class Preflight:
             for name, image in by_name.items():
                 self.images[(pool, ns, name)] = image
 
+    async def _look_up_old_pool_ids(self, ceph: CephConnection, volumes: Sequence[_Volume]) -> None:
+        """Which old pool IDs name a pool here. ceph-csi, given an old handle, first looks the
+        volume up under the handle's pool ID on this cluster and only then applies the mapping
+        (seen with the real ceph-csi): where that ID is another pool, a lookup per request that
+        finds nothing, or the wrong volume if a journal object of its UUID is there."""
+        local = self.settings.local_cluster_id
+        for pool_id in sorted({v.handle.pool_id for v in volumes if v.handle.cluster_id != local}):
+            self.calls["poolLookups"] += 1
+            try:
+                self.old_pool_ids_here[pool_id] = await ceph.pool_name(pool_id)
+            except PoolNotFound:
+                continue
+        for pool_id, name in self.old_pool_ids_here.items():
+            pvs = [v for v in volumes if v.handle.pool_id == pool_id and v.volume.pool != name]
+            if pvs:
+                self.report.notes.append(
+                    f"old pool ID {pool_id} ({len(pvs)} PVs) is pool {name!r} here: ceph-csi "
+                    f"looks their old handles up in {name!r} first (one failed lookup per "
+                    "request), then applies the cluster mapping; a journal object of one of "
+                    f"their UUIDs in {name!r} would send it to the wrong volume (checked per PV)"
+                )
+
     async def _planning_view(
         self, ceph: CephConnection, volumes: Sequence[_Volume]
     ) -> PlanningView:
@@ -291,6 +316,7 @@ class Preflight:
         else:
             report.failed("mapping", verdict.cell, verdict.detail)
         self._cephcsi(v, verdict)
+        await self._old_pool_id(v, ceph)
         await self._caps_of(v)
         if image is None:
             report.not_checked("journal", "the image is not on this cluster")
@@ -314,6 +340,32 @@ class Preflight:
         else:
             v.report.passed(
                 "cephcsi", "ok", f"{self.inputs.layout.config} and its cluster mapping resolve it"
+            )
+
+    async def _old_pool_id(self, v: _Volume, ceph: CephConnection) -> None:
+        """The wrong volume ceph-csi would find under the old pool ID (see
+        `_look_up_old_pool_ids`): a journal object of this volume's UUID in the other pool."""
+        other = self.old_pool_ids_here.get(v.handle.pool_id)
+        if (
+            other is None
+            or other == v.volume.pool
+            or v.handle.cluster_id == self.settings.local_cluster_id
+        ):
+            return
+        oid = volume_object(v.handle.object_uuid)
+        self.calls["collisionReads"] += 1
+        try:
+            found = await ceph.omap_get(other, self.rados_namespace, oid)
+        except ReconcilerError as err:
+            v.report.failed("cephcsi", "pool-id", f"reading {other}/{oid}: {err}")
+            return
+        if found is not None:
+            v.report.failed(
+                "cephcsi",
+                "pool-id",
+                f"the old pool ID {v.handle.pool_id} is pool {other!r} here, which holds "
+                f"{oid}: ceph-csi looks there first with the old handle and would act on the "
+                f"volume that object names, not on {v.volume.pool}/{v.report.image}",
             )
 
     async def _caps_of(self, v: _Volume) -> None:

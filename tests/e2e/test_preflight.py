@@ -36,6 +36,8 @@ NAMESPACE = "preflight"
 SECRET = "csi-rbd-secret"
 READ_ONLY = "csi-read-only"
 MAPPING = "preflight-site-a-to-b"
+#: site-b's extra pool (reconciler.sandbox.pair), whose ID is replicapool's on site-a.
+SCRATCH = "site-b-scratch"
 
 
 @dataclass
@@ -332,6 +334,41 @@ def test_stopped_mirroring_is_named(world: World) -> None:
     # rbd-mirror's status lost the time when it stopped: the image's own snapshot gave it.
     assert volume["snapshotAgeSource"] == "snapshot"
     assert json.loads(done.stdout)["cephCalls"]["imageOpens"] == 1
+
+
+def test_an_old_pool_id_that_is_another_pool_here_is_noted_and_a_journal_there_fails(
+    world: World,
+) -> None:
+    """site-b's extra pool has the ID replicapool has on site-a, so ceph-csi looks each old
+    handle up in site-b-scratch first (seen with the real ceph-csi). Harmless while no journal
+    object of the volume's UUID is there: a note. With one there, ceph-csi would act on the
+    volume it names: the PV is not ready, and why is said."""
+    pair, volume = world.pair, world.volumes[0]
+    old_pool_id = pair.site_a.pool_id(pair.pool)
+    assert pair.site_b.pool_id(SCRATCH) == old_pool_id  # the sandbox's collision
+    pv_file = world.pv_file("collision", [world.pv(volume)])
+
+    harmless = world.report(pv_file)
+    assert harmless["ready"] is True
+    assert (
+        f"old pool ID {old_pool_id} (1 PVs) is pool '{SCRATCH}' here: ceph-csi looks their old "
+        f"handles up in '{SCRATCH}' first"
+    ) in " ".join(harmless["notes"])
+    assert harmless["cephCalls"]["collisionReads"] == 1
+
+    oid = f"csi.volume.{volume.object_uuid}"
+    pair.site_b.rados(SCRATCH, "setomapval", oid, "csi.imagename", "csi-vol-someone-else")
+    try:
+        done = world.preflight(pv_file)
+    finally:
+        pair.site_b.rados(SCRATCH, "rm", oid)
+    assert done.returncode == 1
+    assert rows(done.stdout)[volume.pv_name][6] == "pool-id!"
+    assert (
+        f"cephcsi: the old pool ID {old_pool_id} is pool '{SCRATCH}' here, which holds {oid}: "
+        f"ceph-csi looks there first with the old handle and would act on the volume that "
+        f"object names, not on {pair.pool}/{volume.image_name}"
+    ) in done.stdout
 
 
 def test_after_the_failover_the_plan_is_what_regeneration_writes(world: World) -> None:
