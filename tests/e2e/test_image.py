@@ -42,7 +42,6 @@ from reconciler.sandbox.containers import (
     build_image,
     service_account_dir,
 )
-from reconciler.sandbox.errors import ApiRequestFailed
 from reconciler.sandbox.pair import SitePair
 from reconciler.sandbox.process import free_port
 from reconciler.sandbox.site import kubectl
@@ -75,16 +74,6 @@ CONFINEMENT_KEYS = {
     "runAsGroup",
     "seccompProfile",
 }
-
-
-def get(kube: KubeCluster, path: str) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = kube.request("GET", path)
-    except ApiRequestFailed as err:
-        if err.status == 404:
-            return None
-        raise
-    return found
 
 
 def http_get(address: str, path: str) -> tuple[int, str]:
@@ -252,8 +241,7 @@ def pod(  # noqa: PLR0917 (pytest passes fixtures by name)
 
 
 def lease(pod: Pod) -> dict[str, Any] | None:
-    return get(
-        pod.kube,
+    return pod.kube.get(
         f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{pod.lease_name}",
     )
 
@@ -341,7 +329,7 @@ def test_it_reconciles_the_failover(pod: Pod) -> None:
     pod.kube.request("POST", "/api/v1/persistentvolumes", pv(pod))
 
     def ready_mapping() -> dict[str, Any] | None:
-        mapping = get(pod.kube, f"{GROUP_PATH}/volumehandlemappings/{PV_NAME}")
+        mapping = pod.kube.get(f"{GROUP_PATH}/volumehandlemappings/{PV_NAME}")
         conditions = ((mapping or {}).get("status") or {}).get("conditions") or []
         ok = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
         return mapping if ok else None
@@ -359,7 +347,7 @@ def test_it_reconciles_the_failover(pod: Pod) -> None:
     directory = csi_replay.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
     assert directory[f"csi.volume.{PV_NAME}"] == volume.object_uuid.encode()
     # The controller wrote what ceph-csi needs (--manage-csi-config, the chart's default).
-    config = get(pod.kube, f"/api/v1/namespaces/{NAMESPACE}/configmaps/ceph-csi-config")
+    config = pod.kube.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/ceph-csi-config")
     assert config is not None
     entries = json.loads(config["data"]["config.json"])
     assert SITE_A_ID in {entry["clusterID"] for entry in entries}
