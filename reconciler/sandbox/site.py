@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import yaml
 
 from reconciler.csiconfig import DEFAULT_CONFIGMAP
+from reconciler.sandbox.ceph import CSI_USER, CephCluster
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.errors import CommandFailed
 from reconciler.sandbox.process import free_port
@@ -96,6 +97,30 @@ def install_rbac(
         raise CommandFailed(["kubectl", "create", "namespace", namespace], created.stderr)
     kubectl(kubeconfig, "apply", "-k", str(copy))
     return copy
+
+
+def install_controller_inputs(
+    kubeconfig: Path,
+    checkout: Checkout,
+    site_b: CephCluster,
+    work: Path,
+    *,
+    namespace: str,
+    secret: str,
+    cluster_id: str,
+) -> tuple[Path, str]:
+    """What the controller needs in `namespace` on site-b: config/rbac applied (see
+    `install_rbac`), ceph-csi's Secret `secret` with site-b's CSI user and key, and ceph-csi's
+    config naming site-b as `cluster_id`. Returns the RBAC copy (for `kubectl delete -k`) and the
+    key (which must show nowhere)."""
+    overlay = install_rbac(kubeconfig, checkout, namespace, work)
+    key = (site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    apply(
+        kubeconfig,
+        ceph_csi_secret(secret, namespace, CSI_USER, key),
+        ceph_csi_config(namespace, {cluster_id: site_b.monitors}),
+    )
+    return overlay, key
 
 
 def static_pv(

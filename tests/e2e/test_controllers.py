@@ -140,12 +140,14 @@ def world(
     """site-b after a failover: ceph-csi's Secret and config in place, the RBAC applied and the
     controller running as its ServiceAccount. Each test makes the volumes it needs (`volumes`)."""
     work = tmp_path_factory.mktemp("controllers")
-    overlay = site.install_rbac(kube.kubeconfig, checkout, NAMESPACE, work)
-    key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
-    site.apply(
+    overlay, _ = site.install_controller_inputs(
         kube.kubeconfig,
-        site.ceph_csi_secret(SECRET, NAMESPACE, CSI_USER, key),
-        site.ceph_csi_config(NAMESPACE, {SITE_B_ID: ceph_pair.site_b.monitors}),
+        checkout,
+        ceph_pair.site_b,
+        work,
+        namespace=NAMESPACE,
+        secret=SECRET,
+        cluster_id=SITE_B_ID,
     )
     kubeconfig = kube.service_account_kubeconfig(NAMESPACE, site.SERVICE_ACCOUNT, create=False)
     controller = controller_process(kubeconfig, work)

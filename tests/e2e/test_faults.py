@@ -33,7 +33,7 @@ import pytest
 
 from reconciler.kinds import RETRY_ANNOTATION
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import CSI_CAPS, CSI_USER
+from reconciler.sandbox.ceph import CSI_CAPS
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.pair import SitePair
@@ -160,12 +160,17 @@ def world(
     """site-b after a failover, with a ClusterIDMapping of this module's clusterIDs, and the
     controller running as its ServiceAccount in this module's namespace."""
     work = tmp_path_factory.mktemp("faults")
-    overlay = site.install_rbac(kube.kubeconfig, checkout, NAMESPACE, work)
-    key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    overlay, key = site.install_controller_inputs(
+        kube.kubeconfig,
+        checkout,
+        ceph_pair.site_b,
+        work,
+        namespace=NAMESPACE,
+        secret=SECRET,
+        cluster_id=SITE_B_ID,
+    )
     site.apply(
         kube.kubeconfig,
-        site.ceph_csi_secret(SECRET, NAMESPACE, CSI_USER, key),
-        site.ceph_csi_config(NAMESPACE, {SITE_B_ID: ceph_pair.site_b.monitors}),
         site.cluster_id_mapping(MAPPING, SITE_A_ID, SITE_B_ID, [{"name": ceph_pair.pool}]),
     )
     made = [

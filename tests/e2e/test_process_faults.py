@@ -39,7 +39,6 @@ import rados
 
 from reconciler.csi import ResolveError, SyncResolver
 from reconciler.sandbox import site
-from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
 from reconciler.sandbox.csidriver import config_json, start_journal_regenerator
@@ -264,12 +263,17 @@ def world(
     clusterIDs, and the RBAC of config/rbac in this module's namespace. No controller runs:
     each test starts its own."""
     work = tmp_path_factory.mktemp("process-faults")
-    overlay = site.install_rbac(kube.kubeconfig, checkout, NAMESPACE, work)
-    key = (ceph_pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
+    overlay, key = site.install_controller_inputs(
+        kube.kubeconfig,
+        checkout,
+        ceph_pair.site_b,
+        work,
+        namespace=NAMESPACE,
+        secret=SECRET,
+        cluster_id=SITE_B_ID,
+    )
     site.apply(
         kube.kubeconfig,
-        site.ceph_csi_secret(SECRET, NAMESPACE, CSI_USER, key),
-        site.ceph_csi_config(NAMESPACE, {SITE_B_ID: ceph_pair.site_b.monitors}),
         site.cluster_id_mapping(MAPPING, SITE_A_ID, SITE_B_ID, [{"name": ceph_pair.pool}]),
     )
     volumes = new_volumes.derive(cluster_id=SITE_A_ID, prefix="pf")(VOLUMES)
