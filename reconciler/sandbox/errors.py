@@ -18,14 +18,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 LOG_TAIL_LINES = 15
+#: Error lines from before the tail that a DaemonFailed quotes too.
+EARLIER_ERROR_LINES = 5
 
 
 def _log_tail(path: Path) -> str:
+    """The log's last lines, after its last few error lines from before them: a daemon's
+    shutdown can log more than LOG_TAIL_LINES lines after the error that says what to fix."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+    tail = lines[-LOG_TAIL_LINES:]
+    earlier = [line for line in lines[:-LOG_TAIL_LINES] if "error" in line.lower()]
+    if not earlier:
+        return "\n".join(tail)
+    return "\n".join([*earlier[-EARLIER_ERROR_LINES:], "...", *tail])
 
 
 class SandboxError(RuntimeError):

@@ -30,7 +30,10 @@ def test_demo_fails_over_and_converges(tmp_path: Path, checkout: Checkout) -> No
     assert len(table_rows) == 3 and all("JournalRegenerated" in row for row in table_rows)
     # The progress metrics, read from the running controller's /metrics.
     assert "rbd_mirror_reconciler_volumes_pending 0.0" in out
-    ready = 'rbd_mirror_reconciler_volume_handle_mappings{ready="true",reason="JournalRegenerated"}'
+    ready = (
+        "rbd_mirror_reconciler_volume_handle_mappings"
+        '{degraded="false",ready="true",reason="JournalRegenerated"}'
+    )
     assert f"{ready} 3.0" in out
     assert out.count("0001-0006-site-b-0000000000000002-") >= 3
     assert '"site-a": "site-b"' in out  # ceph-csi's cluster-mapping.json, rendered
