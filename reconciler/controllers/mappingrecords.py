@@ -249,12 +249,48 @@ class MappingRecords:
         if existing is not None and _held(desired, existing):
             return existing
         try:
-            return await server_side_apply(
+            held = await server_side_apply(
                 self.api_client, VOLUME_HANDLE_MAPPINGS, desired, field_manager=FIELD_MANAGER
             )
         except ApiStatusError as err:
             await self._rejected(pv, err)
             raise
+        if held.get("status") != status:
+            held = await self._replace_status(pv, held, status)
+        return held
+
+    async def _replace_status(
+        self, pv: KubeObject, held: KubeObject, status: dict[str, Any]
+    ) -> KubeObject:
+        """The server kept another status than the one applied. Fields another field manager
+        owns survive an apply that leaves them out: those of a mapping whose status an earlier
+        version wrote through a status subresource. One merge patch makes the status what was
+        sent. If it still is not, the server keeps no status with the object: the CRD installed
+        still has the status subresource (`helm upgrade` does not update CRDs)."""
+        stale = {key: None for key in held.get("status") or {} if key not in status}
+        name = pv["metadata"]["name"]
+        try:
+            held = await request_json(
+                self.api_client,
+                "PATCH",
+                f"{VOLUME_HANDLE_MAPPINGS.object_path(name)}?fieldManager={FIELD_MANAGER}",
+                {"status": {**stale, **status}},
+                content_type="application/merge-patch+json",
+            )
+        except ApiStatusError as err:
+            await self._rejected(pv, err)
+            raise
+        if held.get("status") == status:
+            return held
+        message = (
+            "the API server does not keep a VolumeHandleMapping's status with the object: its "
+            "CRD still has a status subresource; apply crds/volumehandlemappings.yaml (helm "
+            "upgrade does not update CRDs)"
+        )
+        await self.events.record(
+            pv, PERSISTENT_VOLUME_KIND, warning=True, reason="MappingCRDOutdated", message=message
+        )
+        raise TerminalError(message)
 
     async def _rejected(self, pv: KubeObject, err: ApiStatusError) -> None:
         """The API server refused the mapping as invalid (422): retrying cannot help, and what it

@@ -197,6 +197,12 @@ class RecordingApiClient(ApiClient):
         super().__init__(Configuration())
         self.requests: list[Request] = []
         self.objects: dict[str, KubeObject] = {}
+        self.foreign_status: dict[str, dict[str, Any]] = {}
+        """Status fields of an object (by path) that another field manager owns: an apply that
+        leaves them out keeps them; a merge patch sets or removes them."""
+        self.vhm_status_subresource = False
+        """Serve VolumeHandleMappings as the earlier CRD did, with a status subresource: the
+        status of a write to the object itself is dropped."""
         self._versions = 0
 
     def add_secret(self, secret: KubeObject) -> str:
@@ -241,6 +247,9 @@ class RecordingApiClient(ApiClient):
             return Answer(200, gone) if gone is not None else not_found(path)
         if method == "POST" and path.endswith("/events"):
             return Answer(201, {**body, "metadata": {**body["metadata"], "name": "event-1"}})
+        content_type = (kwargs.get("header_params") or {}).get("Content-Type", "")
+        if method == "PATCH" and content_type == "application/merge-patch+json":
+            return self._merge_status(path, body)
         if method == "PATCH" and "fieldManager=" in query:
             return self._apply(path, body)
         pytest.fail(f"the fake API server does not answer {method} {resource_path}")
@@ -264,17 +273,38 @@ class RecordingApiClient(ApiClient):
             )
             # Without a status subresource the status is written with the object, and a
             # change to it is a new generation too.
-            no_subresource = path.startswith(VOLUME_HANDLE_MAPPINGS.collection_path())
-            parts = ("spec", "status") if no_subresource else ("spec",)
-            changed = [part for part in parts if part in body and body[part] != held.get(part)]
+            parts = ("spec", "status") if self._status_with_object(path) else ("spec",)
+            wanted = dict(body)
+            if "status" in wanted and path in self.foreign_status:
+                wanted["status"] = {**self.foreign_status[path], **wanted["status"]}
+            changed = [part for part in parts if part in wanted and wanted[part] != held.get(part)]
             if changed:
                 held["metadata"]["generation"] = held["metadata"].get("generation", 0) + 1
             for part in changed:
-                held[part] = body[part]
+                held[part] = wanted[part]
             for key, value in body["metadata"].items():
                 held["metadata"][key] = value
         self._versions += 1
         held["metadata"]["resourceVersion"] = str(self._versions)
+        return Answer(200, held)
+
+    def _status_with_object(self, path: str) -> bool:
+        return (
+            path.startswith(VOLUME_HANDLE_MAPPINGS.collection_path())
+            and not self.vhm_status_subresource
+        )
+
+    def _merge_status(self, path: str, body: KubeObject) -> Answer:
+        """A JSON merge patch of an object's status (null removes a field)."""
+        held = self.objects.get(path)
+        if held is None:
+            return not_found(path)
+        if self._status_with_object(path):
+            status = {**(held.get("status") or {}), **body["status"]}
+            held["status"] = {k: v for k, v in status.items() if v is not None}
+            self.foreign_status.pop(path, None)  # this manager owns what it set or removed
+            self._versions += 1
+            held["metadata"]["resourceVersion"] = str(self._versions)
         return Answer(200, held)
 
 

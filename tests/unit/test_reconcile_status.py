@@ -49,6 +49,8 @@ SECRET_PATH = f"/api/v1/namespaces/{CSI_NAMESPACE}/secrets/{SECRET}"
 #: A well-formed CephX key (the controller refuses anything else before librados sees it).
 KEY = "AQCjtAxrXmteLhAAU+Qo+eqJWuNJPZz4uqi+SQ=="
 VHM_PATH = VOLUME_HANDLE_MAPPINGS.object_path("pv-1")
+#: Another volume's UUID: the handle pv-1 had before it was re-created.
+OTHER_UUID = "5a5a5a5a-0000-4000-8000-000000000001"
 CIDM_PATH = CLUSTER_ID_MAPPINGS.collection_path()
 
 
@@ -162,6 +164,51 @@ async def test_a_missing_secret_is_a_warning_on_the_pv_and_its_mapping_once(
     with pytest.raises(SecretNotFound):
         await reconciler.reconcile("pv-1")
     assert [(r.method, r.path) for r in api.requests] == [("GET", SECRET_PATH)]
+
+
+async def test_status_fields_another_field_manager_owns_are_removed_by_one_merge_patch(
+    api: RecordingApiClient,
+) -> None:
+    """A mapping whose status the earlier, two-write version applied through the status
+    subresource: that field manager still owns its fields, so an apply that leaves one out
+    keeps it. The stale new handle of the PV's earlier handle must go, once."""
+    reconciler = failed_over(api)
+    earlier_handle = handle("site-a", object_uuid=OTHER_UUID)
+    earlier = volume_handle_mapping(
+        "pv-1", earlier_handle, newVolumeHandle="0001-stale", conditions=[]
+    )
+    api.objects[VHM_PATH] = copy.deepcopy(earlier)
+    api.foreign_status[VHM_PATH] = {"newVolumeHandle": "0001-stale"}
+    reconciler.volume_handle_mappings.store.upsert(earlier)
+    with pytest.raises(SecretNotFound):
+        await reconciler.reconcile("pv-1")
+
+    assert [(r.method, r.path) for r in api.writes()][:2] == [("PATCH", VHM_PATH)] * 2
+    assert "newVolumeHandle" not in api.object(VHM_PATH)["status"]
+    assert ready_of(api.object(VHM_PATH)["status"])["reason"] == "SecretNotFound"
+    # Held as sent now: the next pass writes nothing.
+    seen_by_informer(api, reconciler)
+    api.requests.clear()
+    with pytest.raises(SecretNotFound):
+        await reconciler.reconcile("pv-1")
+    assert api.writes() == []
+
+
+async def test_a_crd_still_with_the_status_subresource_is_named_and_not_retried(
+    api: RecordingApiClient,
+) -> None:
+    """`helm upgrade` does not update CRDs: with the earlier CRD the status of a mapping is
+    dropped whatever is written. That is said (a Warning Event, a terminal error), not retried
+    for ever with nothing in the status."""
+    api.vhm_status_subresource = True
+    reconciler = failed_over(api)
+    with pytest.raises(TerminalError, match="still has a status subresource; apply crds/"):
+        await reconciler.reconcile("pv-1")
+    assert "status" not in api.object(VHM_PATH)
+    outdated = [e for e in api.events() if e["reason"] == "MappingCRDOutdated"]
+    assert [(e["type"], e["involvedObject"]["kind"]) for e in outdated] == [
+        ("Warning", "PersistentVolume")
+    ]
 
 
 async def test_a_regenerated_volume_is_ready_and_keeps_its_new_handle_through_an_outage(
