@@ -271,14 +271,18 @@ class CephConnection:
     async def pool_name(self, pool_id: int) -> str:
         rados = import_binding("rados")
 
-        def lookup() -> str:
-            name: str = self._rados.pool_reverse_lookup(pool_id)
+        def lookup() -> str | None:
+            # The binding answers None for an ID no pool has (ENOENT); some raise instead.
+            name: str | None = self._rados.pool_reverse_lookup(pool_id)
             return name
 
         try:
-            return await self._run(f"looking up pool ID {pool_id}", lookup)
+            name = await self._run(f"looking up pool ID {pool_id}", lookup)
         except rados.ObjectNotFound as err:
             raise PoolNotFound(f"#{pool_id}") from err
+        if name is None:
+            raise PoolNotFound(f"#{pool_id}")
+        return name
 
     async def omap_get(
         self, pool: str, namespace: str, oid: str, keys: Sequence[str] | None = None

@@ -355,6 +355,15 @@ def test_an_old_pool_id_that_is_another_pool_here_is_noted_and_a_journal_there_f
         f"handles up in '{SCRATCH}' first"
     ) in " ".join(harmless["notes"])
     assert harmless["cephCalls"]["collisionReads"] == 1
+    # An old pool ID that no pool has here is no collision (librados answers None for it).
+    elsewhere = world.pv(volume)
+    elsewhere["spec"]["csi"]["volumeHandle"] = volume.handle.replace(
+        f"-{old_pool_id:016x}-", f"-{99:016x}-"
+    )
+    assert elsewhere["spec"]["csi"]["volumeHandle"] != volume.handle
+    unknown = world.report(world.pv_file("unknown-pool-id", [elsewhere]))
+    assert not [n for n in unknown["notes"] if "old pool ID" in n], unknown["notes"]
+    assert "collisionReads" not in unknown["cephCalls"]
 
     oid = f"csi.volume.{volume.object_uuid}"
     pair.site_b.rados(SCRATCH, "setomapval", oid, "csi.imagename", "csi-vol-someone-else")
