@@ -174,8 +174,9 @@ class Controller:
                 metrics.active_workers.dec()
 
     def fail(self, key: str, err: Exception) -> None:
-        """Work a reconcile of `key` handed off (a deferred write) failed with `err`: counted,
-        logged and retried (unless terminal) as a failure of the reconcile itself."""
+        """Work a reconcile of `key` handed off (a deferred write) failed with `err`: counted in
+        the error counters, logged and retried (unless terminal) as a failure of the reconcile
+        itself. The reconcile's own result (reconcile_total) stays as it was counted."""
         with reconcile_context(self.name, key):
             self._failed(key, err)
 

@@ -65,6 +65,9 @@ class LeaderElectionSettings:
                 "need lease_duration > renew_deadline > retry_period > 0, got "
                 f"{self.lease_duration} / {self.renew_deadline} / {self.retry_period}"
             )
+        if round(self.lease_duration) < 1:
+            # The Lease holds whole seconds; 0 is refused by the API server.
+            raise ValueError(f"need a lease duration of at least 1 s, got {self.lease_duration}")
 
 
 class LeaderElector:

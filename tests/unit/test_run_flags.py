@@ -77,6 +77,21 @@ def test_lease_timings_out_of_order_are_a_usage_error(capsys: pytest.CaptureFixt
     assert "15.0 / 20.0 / 2.0" in err
 
 
+def test_a_lease_shorter_than_a_second_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """The Lease holds whole seconds: 0.4 would be written as 0, which the API server refuses."""
+    args = build_parser().parse_args(
+        [
+            *REQUIRED,
+            "--leader-elect",
+            "--leader-election-lease-duration", "0.4",
+            "--leader-election-renew-deadline", "0.3",
+            "--leader-election-retry-period", "0.1",
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 2
+    assert "need a lease duration of at least 1 s, got 0.4" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("text", "address"),
     [("127.0.0.1:0", ("127.0.0.1", 0)), (":9090", ("0.0.0.0", 9090)), ("[::1]:80", ("::1", 80))],
