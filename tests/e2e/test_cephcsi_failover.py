@@ -30,7 +30,6 @@ from reconciler.sandbox.csidriver import (
     CephCSIDriver,
     CSIError,
     CSISecrets,
-    build_cephcsi,
     config_json,
     start_journal_regenerator,
 )
@@ -147,18 +146,19 @@ def conditions_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def failover(
+    *,
     ceph_pair: SitePair,
     kube: KubeCluster,
     crds: None,
     checkout: Checkout,
+    cephcsi_binary: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Failover]:
     work = tmp_path_factory.mktemp("cephcsi-failover")
-    binary = build_cephcsi(checkout)
     pool = ceph_pair.pool
     volumes = []
     # Provisioning on site-a: the real CreateVolume, site-a's config only.
-    with CephCSIDriver(binary, work / "site-a") as site_a_driver:
+    with CephCSIDriver(cephcsi_binary, work / "site-a") as site_a_driver:
         site_a_driver.write_config(config_json({SITE_A_ID: ceph_pair.site_a.monitors}))
         secrets_a = CSISecrets(CSI_USER, ceph_pair.site_a.user_key(CSI_USER))
         for _ in range(4):
@@ -185,7 +185,7 @@ def failover(
         NAMESPACE,
         ceph_timeout=None,
     )
-    driver = CephCSIDriver(binary, work / "site-b")
+    driver = CephCSIDriver(cephcsi_binary, work / "site-b")
     controller.start()
     try:
         with driver:

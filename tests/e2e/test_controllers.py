@@ -374,14 +374,6 @@ def pv_variant(
     return pv
 
 
-def nothing_written_for(pair: SitePair, pv_name: str, object_uuid: str) -> bool:
-    directory = csi_replay.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
-    return (
-        f"csi.volume.{pv_name}" not in directory
-        and csi_replay.omap(pair.site_b, pair.pool, f"csi.volume.{object_uuid}") is None
-    )
-
-
 def test_bad_inputs_end_with_their_reason_and_nothing_written(
     failed_over: World, volumes: VolumeFactory
 ) -> None:
@@ -432,8 +424,8 @@ def test_bad_inputs_end_with_their_reason_and_nothing_written(
     message = ready_of(handle_mapping(world.kube, bad["unmapped"]))["message"]
     assert "'site-z' is neither local nor mapped: no ClusterIDMapping names it" in message
     for name in cases:
-        assert nothing_written_for(pair, name, source.object_uuid)
-    assert nothing_written_for(pair, bad["no-image"], ghost)
+        assert csi_replay.nothing_written_for(pair, name, source.object_uuid)
+    assert csi_replay.nothing_written_for(pair, bad["no-image"], ghost)
     # The Secret's key appears nowhere the controller writes or logs.
     key = (pair.site_b.dir / f"{CSI_USER}.key").read_text().strip()
     assert key not in world.controller.log()
@@ -465,7 +457,7 @@ def test_conflicting_mappings_are_used_for_neither_until_one_is_fixed(
     world.apply_pvs(pv_variant(volume, volume.pv_name, handle))
     mapping = wait_for_reason(world.kube, world.controller, volume.pv_name, "ClusterNotMapped")
     assert "site-c-first is not Ready (Conflicting" in ready_of(mapping)["message"]
-    assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
+    assert csi_replay.nothing_written_for(pair, volume.pv_name, volume.object_uuid)
 
     fixed = cluster_id_mapping("site-c-second", "site-c", siteAPoolID=pool_c)
     assert apply(world.kube, fixed, check=False).returncode == 0
@@ -605,7 +597,7 @@ def test_an_image_not_yet_promoted_waits_and_then_converges(
     )
     world.apply_pvs(volume.pv())
     wait_for_reason(world.kube, world.controller, volume.pv_name, "ImageNotPrimary")
-    assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
+    assert csi_replay.nothing_written_for(pair, volume.pv_name, volume.object_uuid)
     # Retried with backoff: once the admin promotes the image, the PV converges by itself.
     pair.site_b.rbd("mirror", "image", "promote", "--force", image)
     wait_for_reason(world.kube, world.controller, volume.pv_name, "JournalRegenerated")
@@ -666,7 +658,7 @@ def test_dry_run_writes_nothing_anywhere(failed_over: World, volumes: VolumeFact
             "the dry run to plan ctl-dry",
         )
         assert handle_mapping(world.kube, volume.pv_name) is None
-        assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
+        assert csi_replay.nothing_written_for(pair, volume.pv_name, volume.object_uuid)
     finally:
         world.controller.stop()
         world.controller.start()

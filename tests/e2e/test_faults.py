@@ -136,14 +136,6 @@ def events_about(kube: KubeCluster, name: str) -> list[dict[str, Any]]:
     return items
 
 
-def nothing_written_for(pair: SitePair, pv_name: str, object_uuid: str) -> bool:
-    directory = csi_replay.omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
-    return (
-        f"csi.volume.{pv_name}" not in directory
-        and csi_replay.omap(pair.site_b, pair.pool, f"csi.volume.{object_uuid}") is None
-    )
-
-
 def log_records(controller: site.ControllerProcess) -> list[dict[str, Any]]:
     lines = controller.current_log().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
@@ -269,7 +261,7 @@ def test_a_conflicting_mapping_added_later_leaves_remapped_volumes_served(world:
         new = world.volume()
         world.apply(pv_for(new))
         world.wait_for_reason(new.pv_name, "MappingConflicting")
-        assert nothing_written_for(pair, new.pv_name, new.object_uuid)
+        assert csi_replay.nothing_written_for(pair, new.pv_name, new.object_uuid)
     finally:
         kubectl(world.kube, "delete", "cidm", "flt-typo", "--ignore-not-found")
     world.wait(
@@ -350,7 +342,7 @@ def test_bad_inputs_get_their_reason_a_warning_and_are_not_retried(world: World)
         assert status_and_reason(mapping, "Ready") == ("False", reason)
         warnings = [e for e in events_about(world.kube, name) if e["type"] == "Warning"]
         assert reason in {e["reason"] for e in warnings}
-        assert nothing_written_for(pair, name, source.object_uuid)
+        assert csi_replay.nothing_written_for(pair, name, source.object_uuid)
     # What the API server would refuse is stored nowhere: the mapping has no spec.volumeHandle.
     long_mapping = world.mapping(f"{base}-long") or {}
     assert long_mapping["spec"] == {"pvName": f"{base}-long"}
@@ -414,7 +406,7 @@ def test_dry_run_plans_the_pvs_of_a_mapping_without_status(world: World) -> None
         )
         assert "status" not in (world.cluster_mapping("flt-e-to-b") or {})
         assert world.mapping(volume.pv_name) is None
-        assert nothing_written_for(pair, volume.pv_name, volume.object_uuid)
+        assert csi_replay.nothing_written_for(pair, volume.pv_name, volume.object_uuid)
     finally:
         world.controller.stop()
         world.controller.start("--workers", "2")

@@ -28,7 +28,7 @@ from reconciler.sandbox import site
 from reconciler.sandbox.ceph import CSI_USER
 from reconciler.sandbox.checkout import Checkout
 from reconciler.sandbox.cluster import KubeCluster
-from reconciler.sandbox.csidriver import GIB, CephCSIDriver, CSISecrets, build_cephcsi, config_json
+from reconciler.sandbox.csidriver import GIB, CephCSIDriver, CSISecrets, config_json
 from reconciler.sandbox.pair import SitePair
 from tests.support.polling import wait_for
 
@@ -130,14 +130,15 @@ def static_pv(name: str, handle: str, context: dict[str, str]) -> dict[str, Any]
 
 @pytest.fixture(scope="module")
 def world(
+    *,
     ceph_pair: SitePair,
     kube: KubeCluster,
     crds: None,
     checkout: Checkout,
+    cephcsi_binary: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     work = tmp_path_factory.mktemp("rewrite-pvs")
-    binary = build_cephcsi(checkout)
     overlay = site.install_rbac(kube.kubeconfig, checkout, NAMESPACE, work)
     key = ceph_pair.site_b.user_key(CSI_USER)
     site.apply(
@@ -152,9 +153,9 @@ def world(
         "site-b",
         NAMESPACE,
     )
-    site_a_driver = CephCSIDriver(binary, work / "site-a")
+    site_a_driver = CephCSIDriver(cephcsi_binary, work / "site-a")
     site_a_driver.write_config(config_json({"site-a": ceph_pair.site_a.monitors}))
-    driver = CephCSIDriver(binary, work / "site-b")
+    driver = CephCSIDriver(cephcsi_binary, work / "site-b")
     # site-b's ceph-csi knows site-b alone: no alias entry for site-a, no cluster-mapping.json.
     driver.write_config(config_json({"site-b": ceph_pair.site_b.monitors}))
     controller.start()

@@ -58,6 +58,15 @@ def omap(site: CephCluster, pool: str, oid: str, namespace: str = "") -> dict[st
         return dict(pairs)
 
 
+def nothing_written_for(pair: SitePair, pv_name: str, object_uuid: str) -> bool:
+    """Whether site-b holds no journal of the volume: no directory key, no per-volume object."""
+    directory = omap(pair.site_b, pair.pool, "csi.volumes.default") or {}
+    return (
+        f"csi.volume.{pv_name}" not in directory
+        and omap(pair.site_b, pair.pool, f"csi.volume.{object_uuid}") is None
+    )
+
+
 def objects(site: CephCluster, pool: str, prefix: str, namespace: str = "") -> set[str]:
     with ioctx(site, pool, namespace) as io:
         return {o.key for o in io.list_objects() if o.key.startswith(prefix)}
